@@ -1,0 +1,1 @@
+//! builder-analysis (placeholder, being built).

@@ -1,0 +1,1 @@
+//! builder-api (placeholder, being built).

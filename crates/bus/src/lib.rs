@@ -1,0 +1,1 @@
+//! builder-bus (placeholder, being built).

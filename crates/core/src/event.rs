@@ -1,0 +1,583 @@
+//! The events of a feature execution (the catalogue of CONTRACT.md) and their envelope.
+//!
+//! Payloads carry what a user or operator needs to follow a step — ids, commands, counts,
+//! durations, shas — and never a secret: nothing that holds a credential is ever an input
+//! to an event constructor.
+
+use crate::ids::FeatureId;
+use crate::spec::FeatureSpec;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Bumped when a payload changes incompatibly; readers upcast older versions.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub index: u32,
+    pub description: String,
+    /// CREATE_FILE, MODIFY_FILE, DELETE_FILE, RENAME_FILE, ADD_DEPENDENCY, REFACTOR, TEST, DOCUMENTATION
+    pub step_type: String,
+    #[serde(default)]
+    pub target_files: Vec<String>,
+    #[serde(default)]
+    pub dependencies: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ExecutionPlan {
+    pub steps: Vec<PlanStep>,
+    #[serde(default)]
+    pub affected_files: Vec<String>,
+    #[serde(default)]
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidInput,
+    RepositoryAccess,
+    AnalysisFailed,
+    PlanningFailed,
+    GenerationFailed,
+    BuildFailed,
+    TestFailed,
+    PushFailed,
+    Timeout,
+    Cancelled,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "INVALID_INPUT",
+            ErrorCode::RepositoryAccess => "REPOSITORY_ACCESS",
+            ErrorCode::AnalysisFailed => "ANALYSIS_FAILED",
+            ErrorCode::PlanningFailed => "PLANNING_FAILED",
+            ErrorCode::GenerationFailed => "GENERATION_FAILED",
+            ErrorCode::BuildFailed => "BUILD_FAILED",
+            ErrorCode::TestFailed => "TEST_FAILED",
+            ErrorCode::PushFailed => "PUSH_FAILED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The last build/test output, a git error, … — whatever lets a human see why.
+    #[serde(default)]
+    pub details: String,
+    pub retryable: bool,
+    /// The phase or step that failed (`analysis`, `planning`, `execution`, `verification`, `delivery`).
+    #[serde(default)]
+    pub failed_step: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub branch_name: String,
+    pub commit_sha: String,
+    pub commit_count: u32,
+    pub files_changed: u32,
+    pub lines_added: u32,
+    pub lines_removed: u32,
+    #[serde(default)]
+    pub patch_url: String,
+    #[serde(default)]
+    pub pull_request_url: String,
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// Every event of the catalogue. Serialised adjacently tagged so the dotted name and the
+/// payload map one-to-one onto the envelope's `event_type` and `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload")]
+pub enum Event {
+    #[serde(rename = "feature.requested")]
+    FeatureRequested {
+        spec: FeatureSpec,
+        /// The resolved target branch (the repository's default when the spec left it empty).
+        target_branch: String,
+        /// The resolved, deterministic feature branch.
+        feature_branch: String,
+        /// Repair iterations allowed after the first attempt's verification fails.
+        max_iterations: u32,
+        #[serde(default)]
+        idempotency_key: String,
+        /// Set when this execution retries an earlier one.
+        #[serde(default)]
+        retry_of: Option<FeatureId>,
+    },
+    #[serde(rename = "analysis.started")]
+    AnalysisStarted {},
+    #[serde(rename = "repository.clone.started")]
+    RepositoryCloneStarted { url: String, branch: String },
+    #[serde(rename = "repository.clone.completed")]
+    RepositoryCloneCompleted { head_sha: String, duration_ms: u64 },
+    #[serde(rename = "codebase.analyzed")]
+    CodebaseAnalyzed {
+        languages: Vec<String>,
+        build_command: Option<String>,
+        test_command: Option<String>,
+        command_source: String,
+        file_count: u64,
+    },
+    #[serde(rename = "scope.identified")]
+    ScopeIdentified {
+        summary: String,
+        files: Vec<String>,
+        risks: Vec<String>,
+    },
+    #[serde(rename = "analysis.completed")]
+    AnalysisCompleted { duration_ms: u64 },
+    #[serde(rename = "analysis.failed")]
+    AnalysisFailed { reason: String },
+
+    #[serde(rename = "planning.started")]
+    PlanningStarted {},
+    #[serde(rename = "llm.invocation.started")]
+    LlmInvocationStarted {
+        function: String,
+        provider: String,
+        model: String,
+    },
+    #[serde(rename = "llm.response.received")]
+    LlmResponseReceived {
+        function: String,
+        provider: String,
+        model: String,
+        latency_ms: u64,
+        attempts: u32,
+        #[serde(default)]
+        ok: bool,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    #[serde(rename = "plan.step.defined")]
+    PlanStepDefined { step: PlanStep },
+    #[serde(rename = "plan.generated")]
+    PlanGenerated { plan: ExecutionPlan },
+    #[serde(rename = "planning.failed")]
+    PlanningFailed { reason: String },
+
+    #[serde(rename = "execution.started")]
+    ExecutionStarted { iteration: u32 },
+    #[serde(rename = "step.started")]
+    StepStarted {
+        iteration: u32,
+        index: u32,
+        description: String,
+    },
+    #[serde(rename = "code.change.generated")]
+    CodeChangeGenerated {
+        iteration: u32,
+        index: u32,
+        summary: String,
+        files: Vec<String>,
+        edit_count: u32,
+    },
+    #[serde(rename = "file.modified")]
+    FileModified {
+        path: String,
+        action: String,
+        before_sha256: Option<String>,
+        after_sha256: Option<String>,
+    },
+    #[serde(rename = "step.completed")]
+    StepCompleted { iteration: u32, index: u32 },
+    #[serde(rename = "step.failed")]
+    StepFailed {
+        iteration: u32,
+        index: u32,
+        reason: String,
+    },
+    #[serde(rename = "execution.completed")]
+    ExecutionCompleted { iteration: u32, files_changed: u32 },
+    #[serde(rename = "execution.failed")]
+    ExecutionFailed { iteration: u32, reason: String },
+
+    #[serde(rename = "verification.started")]
+    VerificationStarted { iteration: u32 },
+    #[serde(rename = "sandbox.created")]
+    SandboxCreated {
+        runtime: String,
+        enforced_limits: Vec<String>,
+    },
+    #[serde(rename = "build.started")]
+    BuildStarted { command: String },
+    #[serde(rename = "build.completed")]
+    BuildCompleted {
+        command: String,
+        success: bool,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        duration_ms: u64,
+        output_tail: String,
+    },
+    #[serde(rename = "tests.started")]
+    TestsStarted { command: String },
+    #[serde(rename = "tests.completed")]
+    TestsCompleted {
+        command: String,
+        success: bool,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        passed: u32,
+        failed: u32,
+        ignored: u32,
+        duration_ms: u64,
+        output_tail: String,
+    },
+    #[serde(rename = "verification.passed")]
+    VerificationPassed { iteration: u32, summary: String },
+    #[serde(rename = "verification.failed")]
+    VerificationFailed {
+        iteration: u32,
+        reason: String,
+        output: String,
+    },
+    #[serde(rename = "sandbox.destroyed")]
+    SandboxDestroyed {},
+
+    #[serde(rename = "iteration.started")]
+    IterationStarted { iteration: u32, reason: String },
+    #[serde(rename = "iteration.completed")]
+    IterationCompleted { iteration: u32, outcome: String },
+
+    #[serde(rename = "branch.created")]
+    BranchCreated { branch: String, base_sha: String },
+    #[serde(rename = "commit.created")]
+    CommitCreated {
+        sha: String,
+        message: String,
+        files_changed: u32,
+        lines_added: u32,
+        lines_removed: u32,
+    },
+    #[serde(rename = "push.started")]
+    PushStarted { branch: String, sha: String },
+    #[serde(rename = "push.completed")]
+    PushCompleted {
+        branch: String,
+        sha: String,
+        already_present: bool,
+    },
+    #[serde(rename = "push.failed")]
+    PushFailed {
+        branch: String,
+        reason: String,
+        retryable: bool,
+    },
+    #[serde(rename = "pull_request.opened")]
+    PullRequestOpened { url: String, number: u64 },
+
+    #[serde(rename = "feature.delivered")]
+    FeatureDelivered { result: DeliveryResult },
+    #[serde(rename = "feature.failed")]
+    FeatureFailed { error: ExecutionError },
+    #[serde(rename = "feature.cancelled")]
+    FeatureCancelled { reason: String, phase: String },
+}
+
+impl Event {
+    /// The dotted catalogue name.
+    pub fn event_type(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => match map.get("type") {
+                Some(serde_json::Value::String(t)) => t.clone(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
+    /// Splits into the envelope's `event_type` and `payload`.
+    pub fn to_parts(&self) -> Result<(String, serde_json::Value), serde_json::Error> {
+        let value = serde_json::to_value(self)?;
+        let mut map = match value {
+            serde_json::Value::Object(map) => map,
+            _ => {
+                return Err(serde::ser::Error::custom(
+                    "event did not serialise to an object",
+                ));
+            }
+        };
+        let ty = match map.remove("type") {
+            Some(serde_json::Value::String(t)) => t,
+            _ => return Err(serde::ser::Error::custom("event has no type")),
+        };
+        let payload = map
+            .remove("payload")
+            .unwrap_or(serde_json::Value::Object(Default::default()));
+        Ok((ty, payload))
+    }
+
+    pub fn from_parts(
+        event_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Event, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "type": event_type, "payload": payload }))
+    }
+
+    /// One human line for event lists and `--watch`.
+    pub fn summary(&self) -> String {
+        use Event::*;
+        match self {
+            FeatureRequested {
+                spec,
+                feature_branch,
+                ..
+            } => {
+                format!(
+                    "feature requested: {:?} → branch {feature_branch}",
+                    spec.title
+                )
+            }
+            AnalysisStarted {} => "analysis started".into(),
+            RepositoryCloneStarted { url, branch } => format!("cloning {url} ({branch})"),
+            RepositoryCloneCompleted {
+                head_sha,
+                duration_ms,
+            } => {
+                format!("cloned at {} in {duration_ms} ms", short(head_sha))
+            }
+            CodebaseAnalyzed {
+                languages,
+                build_command,
+                test_command,
+                ..
+            } => format!(
+                "codebase: {} | build: {} | test: {}",
+                languages.join(", "),
+                build_command.as_deref().unwrap_or("none"),
+                test_command.as_deref().unwrap_or("none")
+            ),
+            ScopeIdentified { files, .. } => {
+                format!("scope: {} file(s): {}", files.len(), files.join(", "))
+            }
+            AnalysisCompleted { duration_ms } => format!("analysis completed in {duration_ms} ms"),
+            AnalysisFailed { reason } => format!("analysis failed: {reason}"),
+            PlanningStarted {} => "planning started".into(),
+            LlmInvocationStarted {
+                function,
+                provider,
+                model,
+            } => format!("LLM {function} → {provider}/{model}"),
+            LlmResponseReceived {
+                function,
+                latency_ms,
+                attempts,
+                ok,
+                error,
+                ..
+            } => {
+                if *ok {
+                    format!("LLM {function} answered in {latency_ms} ms ({attempts} attempt(s))")
+                } else {
+                    format!(
+                        "LLM {function} failed after {attempts} attempt(s): {}",
+                        error.as_deref().unwrap_or("?")
+                    )
+                }
+            }
+            PlanStepDefined { step } => format!(
+                "plan step {}: [{}] {}",
+                step.index, step.step_type, step.description
+            ),
+            PlanGenerated { plan } => {
+                format!("plan with {} step(s): {}", plan.steps.len(), plan.summary)
+            }
+            PlanningFailed { reason } => format!("planning failed: {reason}"),
+            ExecutionStarted { iteration } => format!("execution started (iteration {iteration})"),
+            StepStarted {
+                index, description, ..
+            } => format!("step {index} started: {description}"),
+            CodeChangeGenerated {
+                index,
+                files,
+                edit_count,
+                ..
+            } => {
+                format!("step {index}: {edit_count} edit(s) to {}", files.join(", "))
+            }
+            FileModified { path, action, .. } => format!("{action} {path}"),
+            StepCompleted { index, .. } => format!("step {index} completed"),
+            StepFailed { index, reason, .. } => format!("step {index} failed: {reason}"),
+            ExecutionCompleted {
+                iteration,
+                files_changed,
+            } => {
+                format!(
+                    "execution completed (iteration {iteration}, {files_changed} file(s) changed)"
+                )
+            }
+            ExecutionFailed { reason, .. } => format!("execution failed: {reason}"),
+            VerificationStarted { iteration } => {
+                format!("verification started (iteration {iteration})")
+            }
+            SandboxCreated { runtime, .. } => format!("sandbox created ({runtime})"),
+            BuildStarted { command } => format!("build: {command}"),
+            BuildCompleted {
+                success,
+                duration_ms,
+                ..
+            } => {
+                format!(
+                    "build {} in {duration_ms} ms",
+                    if *success { "succeeded" } else { "failed" }
+                )
+            }
+            TestsStarted { command } => format!("tests: {command}"),
+            TestsCompleted {
+                passed,
+                failed,
+                success,
+                duration_ms,
+                ..
+            } => format!(
+                "tests {}: {passed} passed, {failed} failed in {duration_ms} ms",
+                if *success { "passed" } else { "failed" }
+            ),
+            VerificationPassed { summary, .. } => format!("verification passed: {summary}"),
+            VerificationFailed { reason, .. } => format!("verification failed: {reason}"),
+            SandboxDestroyed {} => "sandbox destroyed".into(),
+            IterationStarted { iteration, reason } => {
+                format!("repair iteration {iteration}: {reason}")
+            }
+            IterationCompleted { iteration, outcome } => format!("iteration {iteration} {outcome}"),
+            BranchCreated { branch, .. } => format!("branch {branch} created"),
+            CommitCreated {
+                sha,
+                files_changed,
+                lines_added,
+                lines_removed,
+                ..
+            } => {
+                format!(
+                    "commit {} ({files_changed} file(s), +{lines_added} -{lines_removed})",
+                    short(sha)
+                )
+            }
+            PushStarted { branch, .. } => format!("pushing {branch}"),
+            PushCompleted {
+                branch,
+                sha,
+                already_present,
+            } => format!(
+                "pushed {branch} at {}{}",
+                short(sha),
+                if *already_present {
+                    " (already on the remote)"
+                } else {
+                    ""
+                }
+            ),
+            PushFailed { branch, reason, .. } => format!("push of {branch} failed: {reason}"),
+            PullRequestOpened { url, .. } => format!("pull request opened: {url}"),
+            FeatureDelivered { result } => format!(
+                "delivered on {} at {}",
+                result.branch_name,
+                short(&result.commit_sha)
+            ),
+            FeatureFailed { error } => {
+                format!("failed [{}]: {}", error.code.as_str(), error.message)
+            }
+            FeatureCancelled { reason, .. } => format!("cancelled: {reason}"),
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..10).unwrap_or(sha)
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Which process wrote the event, e.g. `builder-worker/0.1.0`.
+    pub producer: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub trace_context: Option<String>,
+}
+
+/// A stored (or about to be stored) event. `global_position` is assigned by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub event_id: Uuid,
+    pub feature_id: FeatureId,
+    /// Per feature, from 1, gapless.
+    pub sequence: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub timestamp: DateTime<Utc>,
+    pub causation_id: Option<Uuid>,
+    pub correlation_id: String,
+    pub payload: serde_json::Value,
+    pub metadata: EventMetadata,
+    #[serde(default)]
+    pub global_position: i64,
+}
+
+impl EventEnvelope {
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_parts(&self.event_type, &self.payload)
+    }
+}
+
+/// What the caller supplies to stamp events: core has no clock and no randomness.
+pub struct NewEvent<'a> {
+    pub now: DateTime<Utc>,
+    pub causation_id: Option<Uuid>,
+    pub producer: &'a str,
+    pub next_id: &'a mut dyn FnMut() -> Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip() {
+        let e = Event::TestsCompleted {
+            command: "cargo test".into(),
+            success: false,
+            exit_code: Some(101),
+            timed_out: false,
+            passed: 3,
+            failed: 1,
+            ignored: 0,
+            duration_ms: 1200,
+            output_tail: "boom".into(),
+        };
+        let (ty, payload) = e.to_parts().unwrap();
+        assert_eq!(ty, "tests.completed");
+        assert_eq!(e.event_type(), "tests.completed");
+        assert_eq!(payload["failed"], 1);
+        assert_eq!(Event::from_parts(&ty, &payload).unwrap(), e);
+    }
+
+    #[test]
+    fn empty_payload_events_round_trip() {
+        let (ty, payload) = Event::AnalysisStarted {}.to_parts().unwrap();
+        assert_eq!(ty, "analysis.started");
+        assert_eq!(
+            Event::from_parts(&ty, &payload).unwrap(),
+            Event::AnalysisStarted {}
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_errors() {
+        assert!(Event::from_parts("no.such.event", &serde_json::json!({})).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! What a user asks for, and the rules that make a request acceptable. Validation errors
+//! name the offending field so the API can answer `invalid_argument` precisely.
+
+use crate::ids::RepositoryId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FeatureConstraints {
+    /// 1–50; 0 means "not set" and takes the default.
+    #[serde(default)]
+    pub max_steps: u32,
+    /// 5–120; 0 means "not set".
+    #[serde(default)]
+    pub timeout_minutes: u32,
+    #[serde(default)]
+    pub allowed_paths: Vec<String>,
+    #[serde(default)]
+    pub forbidden_paths: Vec<String>,
+    #[serde(default)]
+    pub require_tests: bool,
+    #[serde(default)]
+    pub require_build: bool,
+    /// 0 means no budget.
+    #[serde(default)]
+    pub max_llm_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub title: String,
+    pub description: String,
+    pub repository_id: RepositoryId,
+    /// Empty: the repository's default branch.
+    #[serde(default)]
+    pub target_branch: String,
+    /// Empty: generated deterministically from the feature id and title.
+    #[serde(default)]
+    pub feature_branch: String,
+    #[serde(default)]
+    pub acceptance_criteria: Vec<String>,
+    #[serde(default)]
+    pub path_hints: Vec<String>,
+    #[serde(default)]
+    pub constraints: FeatureConstraints,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    /// The proto field path, e.g. `spec.title`.
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: &str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn check_rel_path(field: &str, p: &str) -> Result<(), SpecError> {
+    if p.is_empty() || p.len() > 1024 {
+        return Err(err(field, "paths must be 1–1024 characters"));
+    }
+    if p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') {
+        return Err(err(
+            field,
+            format!("{p:?} must be a relative path inside the repository"),
+        ));
+    }
+    Ok(())
+}
+
+impl FeatureSpec {
+    pub const DEFAULT_MAX_STEPS: u32 = 10;
+    pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let title_len = self.title.trim().chars().count();
+        if !(1..=255).contains(&title_len) {
+            return Err(err("spec.title", "must be 1–255 characters"));
+        }
+        let desc_len = self.description.trim().chars().count();
+        if !(10..=10_000).contains(&desc_len) {
+            return Err(err("spec.description", "must be 10–10,000 characters"));
+        }
+        if self.repository_id.0.is_nil() {
+            return Err(err("spec.repository_id", "is required"));
+        }
+        for (field, name) in [
+            ("spec.target_branch", &self.target_branch),
+            ("spec.feature_branch", &self.feature_branch),
+        ] {
+            if !name.is_empty() && !is_valid_branch_name(name) {
+                return Err(err(field, format!("{name:?} is not a valid branch name")));
+            }
+        }
+        if self.acceptance_criteria.len() > 50 {
+            return Err(err("spec.acceptance_criteria", "at most 50 criteria"));
+        }
+        if self
+            .acceptance_criteria
+            .iter()
+            .any(|c| c.chars().count() > 2000)
+        {
+            return Err(err(
+                "spec.acceptance_criteria",
+                "each criterion at most 2000 characters",
+            ));
+        }
+        if self.path_hints.len() > 100 {
+            return Err(err("spec.path_hints", "at most 100 hints"));
+        }
+        for p in &self.path_hints {
+            check_rel_path("spec.path_hints", p)?;
+        }
+        let c = &self.constraints;
+        if c.max_steps != 0 && !(1..=50).contains(&c.max_steps) {
+            return Err(err("spec.constraints.max_steps", "must be 1–50"));
+        }
+        if c.timeout_minutes != 0 && !(5..=120).contains(&c.timeout_minutes) {
+            return Err(err("spec.constraints.timeout_minutes", "must be 5–120"));
+        }
+        for p in &c.allowed_paths {
+            check_rel_path("spec.constraints.allowed_paths", p)?;
+        }
+        for p in &c.forbidden_paths {
+            check_rel_path("spec.constraints.forbidden_paths", p)?;
+        }
+        if self.properties.len() > 64 {
+            return Err(err("spec.properties", "at most 64 properties"));
+        }
+        Ok(())
+    }
+
+    pub fn max_steps(&self) -> u32 {
+        if self.constraints.max_steps == 0 {
+            Self::DEFAULT_MAX_STEPS
+        } else {
+            self.constraints.max_steps
+        }
+    }
+
+    /// Whether the model may touch `path` under the allowed/forbidden constraints.
+    pub fn path_allowed(&self, path: &str) -> bool {
+        let under = |prefix: &String| {
+            let prefix = prefix.trim_end_matches('/');
+            path == prefix || path.starts_with(&format!("{prefix}/"))
+        };
+        if self.constraints.forbidden_paths.iter().any(under) {
+            return false;
+        }
+        self.constraints.allowed_paths.is_empty()
+            || self.constraints.allowed_paths.iter().any(under)
+    }
+}
+
+/// The subset of `git check-ref-format` rules that matter for names we create or accept.
+pub fn is_valid_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('-')
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && name != "@"
+        && !name.split('/').any(|c| c.starts_with('.'))
+        && !name
+            .chars()
+            .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    pub(crate) fn spec() -> FeatureSpec {
+        FeatureSpec {
+            title: "Add a greeting".into(),
+            description: "Add a function that greets the user by name.".into(),
+            repository_id: RepositoryId(Uuid::from_u128(7)),
+            target_branch: String::new(),
+            feature_branch: String::new(),
+            acceptance_criteria: vec!["greet(\"x\") returns \"Hello, x!\"".into()],
+            path_hints: vec!["src/lib.rs".into()],
+            constraints: FeatureConstraints::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_reasonable_spec_is_valid() {
+        assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(Box<dyn Fn(&mut FeatureSpec)>, &str)> = vec![
+            (Box::new(|s| s.title = "  ".into()), "spec.title"),
+            (Box::new(|s| s.title = "x".repeat(256)), "spec.title"),
+            (
+                Box::new(|s| s.description = "short".into()),
+                "spec.description",
+            ),
+            (
+                Box::new(|s| s.description = "y".repeat(10_001)),
+                "spec.description",
+            ),
+            (
+                Box::new(|s| s.repository_id = RepositoryId(Uuid::nil())),
+                "spec.repository_id",
+            ),
+            (
+                Box::new(|s| s.target_branch = "bad..name".into()),
+                "spec.target_branch",
+            ),
+            (
+                Box::new(|s| s.feature_branch = "-x".into()),
+                "spec.feature_branch",
+            ),
+            (
+                Box::new(|s| s.path_hints = vec!["../etc/passwd".into()]),
+                "spec.path_hints",
+            ),
+            (
+                Box::new(|s| s.path_hints = vec!["/etc/passwd".into()]),
+                "spec.path_hints",
+            ),
+            (
+                Box::new(|s| s.constraints.max_steps = 51),
+                "spec.constraints.max_steps",
+            ),
+            (
+                Box::new(|s| s.constraints.timeout_minutes = 4),
+                "spec.constraints.timeout_minutes",
+            ),
+            (
+                Box::new(|s| s.constraints.timeout_minutes = 121),
+                "spec.constraints.timeout_minutes",
+            ),
+            (
+                Box::new(|s| s.constraints.forbidden_paths = vec!["a/../..".into()]),
+                "spec.constraints.forbidden_paths",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(s.validate().map_err(|e| e.field), Err(field.to_string()));
+        }
+    }
+
+    #[test]
+    fn boundaries_are_inclusive() {
+        let mut s = spec();
+        s.title = "x".repeat(255);
+        s.description = "y".repeat(10);
+        s.constraints.max_steps = 50;
+        s.constraints.timeout_minutes = 5;
+        assert_eq!(s.validate(), Ok(()));
+        s.constraints.max_steps = 1;
+        s.constraints.timeout_minutes = 120;
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn path_constraints() {
+        let mut s = spec();
+        assert!(s.path_allowed("anything.rs"));
+        s.constraints.allowed_paths = vec!["src".into()];
+        s.constraints.forbidden_paths = vec!["src/secret".into()];
+        assert!(s.path_allowed("src/lib.rs"));
+        assert!(!s.path_allowed("srcx/lib.rs"));
+        assert!(!s.path_allowed("src/secret/key.rs"));
+        assert!(!s.path_allowed("README.md"));
+    }
+
+    #[test]
+    fn branch_names() {
+        for ok in ["main", "builder/add-x-1234", "release/1.0"] {
+            assert!(is_valid_branch_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "a..b",
+            "a b",
+            "a~b",
+            "x.lock",
+            "a/.hidden",
+            "a//b",
+            "@",
+            "a@{b",
+            "/a",
+            "a/",
+        ] {
+            assert!(!is_valid_branch_name(bad), "{bad}");
+        }
+    }
+}

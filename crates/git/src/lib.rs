@@ -1,0 +1,1 @@
+//! builder-git (placeholder, being built).

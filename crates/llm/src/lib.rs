@@ -1,0 +1,1 @@
+//! builder-llm (placeholder, being built).

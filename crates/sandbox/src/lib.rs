@@ -1,0 +1,1 @@
+//! builder-sandbox (placeholder, being built).

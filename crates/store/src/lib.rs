@@ -1,0 +1,1 @@
+//! builder-store (placeholder, being built).

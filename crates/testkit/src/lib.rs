@@ -1,0 +1,1 @@
+//! builder-testkit (placeholder, being built).

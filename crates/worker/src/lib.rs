@@ -1,0 +1,1 @@
+//! builder-worker (placeholder, being built).
