@@ -1,1 +1,64 @@
-//! builder-analysis (placeholder, being built).
+//! builder-analysis: looks at a working copy and says what it is — languages, the build and
+//! test commands (detected, from the repository's `.builder.toml`, or from the registration)
+//! and which files an LLM should see for a request, under a byte budget.
+//!
+//! Reads files only; never runs anything (commands run in builder-sandbox) and never follows
+//! a symlink, since the repository is untrusted. Must not depend on the store, the bus, git,
+//! the LLM client or any network; its only builder dependency is builder-sandbox, for the
+//! `TestFramework` it hands to the test-report parser.
+
+mod context;
+mod detect;
+mod walk;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use builder_sandbox::TestFramework;
+pub use context::{MAX_CONTEXT_FILE_BYTES, MAX_TREE_ENTRIES, RepoContext, repo_context};
+pub use detect::{REPO_CONFIG_FILE, detect};
+
+/// A build and a test command; `None` (or, from a registration, empty) means "not given".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commands {
+    pub build: Option<String>,
+    pub test: Option<String>,
+}
+
+/// Where the commands of a profile came from: the highest-precedence source that supplied at
+/// least one of them (registration > repository file > detection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandSource {
+    Detected,
+    RepositoryFile,
+    Registration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectProfile {
+    /// Lower-case language names: those with a build manifest first, in detection priority
+    /// order, then others seen by file extension, most files first.
+    pub languages: Vec<String>,
+    pub build_command: Option<String>,
+    pub test_command: Option<String>,
+    pub test_framework: TestFramework,
+    pub source: CommandSource,
+    /// Regular files in the working copy, not counting skipped directories.
+    pub file_count: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("`{0}` is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {file}: {message}")]
+    RepoConfig { file: &'static str, message: String },
+}

@@ -1,1 +1,59 @@
-//! builder-api (placeholder, being built).
+//! builder's public API: FeatureService and RepositoryService, generated from `proto/` and
+//! served as Connect (JSON and binary), gRPC and gRPC-Web on one port, plus `GET /health`.
+//!
+//! The handlers validate input, translate between the wire types and the domain, and talk
+//! to the store; everything with side effects beyond the store (running features, probing
+//! remotes) goes through the [`Backend`] trait, so this crate must not depend on the
+//! worker, git, LLM or sandbox crates.
+
+pub mod convert;
+mod feature;
+mod repository;
+
+pub mod proto {
+    connectrpc::include_generated!();
+}
+
+use builder_core::{Credential, FeatureId};
+use builder_store::Store;
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use feature::FeatureApi;
+pub use repository::RepositoryApi;
+
+/// What the API needs from the running process besides the store.
+pub trait Backend: Send + Sync + 'static {
+    fn store(&self) -> Arc<dyn Store>;
+    /// Hands a feature to the work bus.
+    fn submit(&self, id: FeatureId) -> Result<(), String>;
+    /// Interrupts the step a feature is running in this process, if any.
+    fn interrupt(&self, id: FeatureId);
+    /// Asks the remote for its default branch. Errors carry no secret.
+    fn probe_default_branch(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<String, String>>;
+    /// Checks read access to the remote with the credential. Errors carry no secret.
+    fn probe_read_access(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<(), String>>;
+    /// Repair iterations a new feature gets.
+    fn max_repair_iterations(&self) -> u32;
+    /// Where a feature's artifacts (patch, logs) are kept.
+    fn artifacts_dir(&self, id: FeatureId) -> PathBuf;
+}
+
+/// The axum app: both services behind the Connect router, and the health probe.
+pub fn router(backend: Arc<dyn Backend>) -> axum::Router {
+    let connect = connectrpc::Router::new()
+        .add_service(Arc::new(FeatureApi::new(backend.clone())))
+        .add_service(Arc::new(RepositoryApi::new(backend)));
+    axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "OK\n" }))
+        .fallback_service(connect.into_axum_service())
+}

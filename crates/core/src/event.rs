@@ -99,6 +99,9 @@ pub struct DeliveryResult {
 
 /// Every event of the catalogue. Serialised adjacently tagged so the dotted name and the
 /// payload map one-to-one onto the envelope's `event_type` and `payload`.
+// Events are built, stamped and dropped; boxing the large request variant would only add
+// indirection to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
 pub enum Event {
@@ -136,6 +139,9 @@ pub enum Event {
         summary: String,
         files: Vec<String>,
         risks: Vec<String>,
+        /// What the acceptance criteria mean concretely for this code base.
+        #[serde(default)]
+        acceptance: Vec<String>,
     },
     #[serde(rename = "analysis.completed")]
     AnalysisCompleted { duration_ms: u64 },
@@ -539,7 +545,7 @@ pub struct NewEvent<'a> {
     pub now: DateTime<Utc>,
     pub causation_id: Option<Uuid>,
     pub producer: &'a str,
-    pub next_id: &'a mut dyn FnMut() -> Uuid,
+    pub next_id: &'a mut (dyn FnMut() -> Uuid + Send),
 }
 
 #[cfg(test)]

@@ -221,6 +221,42 @@ impl Feature {
         }
     }
 
+    /// Stamps the first event of a new stream (which must be `feature.requested`).
+    pub fn request(
+        id: FeatureId,
+        correlation_id: &str,
+        requested: Event,
+        ctx: &mut NewEvent<'_>,
+    ) -> Result<Transition, TransitionError> {
+        let (event_type, payload) = requested.to_parts().map_err(|e| TransitionError {
+            event_type: "feature.requested".into(),
+            state: "NONE",
+            reason: format!("event does not serialise: {e}"),
+        })?;
+        let envelope = EventEnvelope {
+            event_id: (ctx.next_id)(),
+            feature_id: id,
+            sequence: 1,
+            event_type,
+            schema_version: SCHEMA_VERSION,
+            timestamp: ctx.now,
+            causation_id: ctx.causation_id,
+            correlation_id: correlation_id.to_string(),
+            payload,
+            metadata: crate::event::EventMetadata {
+                producer: ctx.producer.to_string(),
+                tags: Vec::new(),
+                trace_context: None,
+            },
+            global_position: 0,
+        };
+        let feature = Feature::start(&envelope)?;
+        Ok(Transition {
+            envelopes: vec![envelope],
+            feature,
+        })
+    }
+
     /// Applies one stored event; its sequence must follow the current version.
     pub fn apply(&mut self, env: &EventEnvelope) -> Result<(), TransitionError> {
         if env.sequence != self.version + 1 {

@@ -6,14 +6,16 @@
 //! and fresh ids in, so every rule here is deterministic and unit-testable. This crate must
 //! not depend on any other builder crate, on tokio, on a database or on a network client.
 
+pub mod credential;
 pub mod event;
 pub mod feature;
 pub mod ids;
 pub mod repository;
 pub mod spec;
 
+pub use credential::Credential;
 pub use event::{Event, EventEnvelope, EventMetadata, NewEvent, SCHEMA_VERSION};
 pub use feature::{Feature, FeatureState, NextStep, Transition, TransitionError};
 pub use ids::{FeatureId, RepositoryId};
 pub use repository::{Provider, Repository, RepositoryState};
-pub use spec::{FeatureConstraints, FeatureSpec, SpecError};
+pub use spec::{FeatureConstraints, FeatureSpec, SpecError, feature_branch_name};

@@ -307,3 +307,52 @@ mod tests {
         }
     }
 }
+
+/// The branch builder pushes to when the user names none: readable, and unique per feature
+/// because it ends in the random tail of the (UUIDv7) feature id — its head is a timestamp
+/// shared by features created in the same minute.
+pub fn feature_branch_name(id: crate::ids::FeatureId, title: &str) -> String {
+    let mut slug = String::new();
+    for c in title.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.len() >= 40 {
+            break;
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    let simple = id.as_uuid().simple().to_string();
+    let tail = &simple[simple.len() - 8..];
+    if slug.is_empty() {
+        format!("builder/feature-{tail}")
+    } else {
+        format!("builder/{slug}-{tail}")
+    }
+}
+
+#[cfg(test)]
+mod branch_tests {
+    use super::*;
+    use crate::ids::FeatureId;
+    use uuid::Uuid;
+
+    #[test]
+    fn branch_names_are_deterministic_valid_and_distinct() {
+        let a = FeatureId(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001));
+        let b = FeatureId(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002));
+        let name = feature_branch_name(a, "Add a Greeting!! (v2)");
+        assert_eq!(name, "builder/add-a-greeting-v2-00000001");
+        assert_eq!(name, feature_branch_name(a, "Add a Greeting!! (v2)"));
+        assert_ne!(name, feature_branch_name(b, "Add a Greeting!! (v2)"));
+        assert!(is_valid_branch_name(&name));
+        assert!(is_valid_branch_name(&feature_branch_name(a, "..////~~~")));
+        assert!(is_valid_branch_name(&feature_branch_name(
+            a,
+            &"é".repeat(300)
+        )));
+        assert!(feature_branch_name(a, &"long title ".repeat(20)).len() <= 60);
+    }
+}

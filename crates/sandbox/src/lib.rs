@@ -1,1 +1,167 @@
-//! builder-sandbox (placeholder, being built).
+//! builder-sandbox: runs one shell command of an untrusted repository (build, tests, an
+//! LLM-proposed command) in isolation, with a time limit and a capped, tail-keeping output
+//! capture, and parses test-runner summaries into counts.
+//!
+//! The default runtime is bubblewrap (no network, read-only system, only the working copy
+//! writable, empty host environment). `ProcessRuntime` has no isolation and exists only as an
+//! explicit opt-in. This crate must not depend on any other builder crate, on a database, on
+//! the event store or on credentials: nothing secret may ever be handed to it.
+
+mod bwrap;
+mod exec;
+mod process;
+mod testparse;
+mod toolchain;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use bwrap::BwrapRuntime;
+pub use process::ProcessRuntime;
+pub use testparse::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
+
+/// Resource limits of one command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxLimits {
+    /// Wall-clock limit; on expiry the whole sandbox is killed and `timed_out` is set.
+    pub timeout: Duration,
+    /// Combined stdout+stderr kept, counted from the end of the output.
+    pub max_output_bytes: usize,
+    /// Requested memory cap. Not enforced yet (needs cgroups); reported in
+    /// `ExecOutcome::unenforced_limits` when set.
+    pub memory_mb: Option<u64>,
+    /// Requested CPU cap in cores. Same status as `memory_mb`.
+    pub cpu: Option<f32>,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(600),
+            max_output_bytes: 1024 * 1024,
+            memory_mb: None,
+            cpu: None,
+        }
+    }
+}
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    /// Absolute path of the working copy; bound read-write at the same path and used as cwd.
+    pub workdir: PathBuf,
+    /// Run as `/bin/sh -c <command>` inside the sandbox.
+    pub command: String,
+    /// Added on top of the sandbox's minimal environment (and may override it).
+    pub env: Vec<(String, String)>,
+    pub limits: SandboxLimits,
+    /// Further directories bound read-write at the same path (e.g. a per-feature cache).
+    pub writable_extra: Vec<PathBuf>,
+}
+
+impl CommandSpec {
+    /// A spec with default limits, no extra env and no extra writable directories.
+    pub fn new(workdir: impl Into<PathBuf>, command: impl Into<String>) -> Self {
+        Self {
+            workdir: workdir.into(),
+            command: command.into(),
+            env: Vec::new(),
+            limits: SandboxLimits::default(),
+            writable_extra: Vec::new(),
+        }
+    }
+}
+
+/// What happened when a command ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutcome {
+    /// The command's exit code; `None` when it was killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// Combined stdout+stderr in arrival order; when longer than the cap, only the tail is
+    /// kept, preceded by a one-line marker saying how much was dropped.
+    pub output: String,
+    /// Total bytes the command wrote, including any dropped from `output`.
+    pub output_bytes_total: u64,
+    pub duration: Duration,
+    /// `name()` of the runtime that ran it.
+    pub runtime: &'static str,
+    /// Limits and isolation properties that were actually in force, e.g. `timeout=30s`,
+    /// `network=none`.
+    pub enforced_limits: Vec<String>,
+    /// Requested limits this runtime could not apply, e.g. `memory=512MB`.
+    pub unenforced_limits: Vec<String>,
+}
+
+impl ExecOutcome {
+    /// Exited by itself with code 0.
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.exit_code == Some(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox runtime `{runtime}` is not usable: {reason}")]
+    Unavailable {
+        runtime: &'static str,
+        reason: String,
+    },
+    #[error("unknown sandbox runtime `{0}` (expected `bwrap` or `process`)")]
+    UnknownRuntime(String),
+    #[error("invalid command spec: {0}")]
+    InvalidSpec(String),
+    #[error("could not start the sandboxed command: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("i/o error while supervising the sandboxed command: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The future returned by [`SandboxRuntime::run`]. Dropping it kills the command.
+pub type RunFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ExecOutcome, SandboxError>> + Send + 'a>>;
+
+/// A way to run commands. Object-safe so the worker can pick one at start-up.
+pub trait SandboxRuntime: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Runs the command to completion or timeout. Dropping the returned future kills the
+    /// command and everything it started; that is how cancellation works.
+    fn run<'a>(&'a self, spec: &'a CommandSpec) -> RunFuture<'a>;
+}
+
+/// Picks a runtime by its configuration name (`SANDBOX_RUNTIME`): `bwrap` (also the empty
+/// string, the default) or `process` (no isolation, logged loudly).
+pub fn runtime_from_name(name: &str) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "bwrap" | "bubblewrap" => Ok(Box::new(BwrapRuntime::detect()?)),
+        "process" => {
+            tracing::warn!(
+                "sandbox runtime `process` selected: commands of untrusted repositories run \
+                 WITHOUT isolation (host filesystem and network are reachable)"
+            );
+            Ok(Box::new(ProcessRuntime::new()))
+        }
+        other => Err(SandboxError::UnknownRuntime(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names() {
+        assert_eq!(runtime_from_name("bwrap").unwrap().name(), "bwrap");
+        assert_eq!(runtime_from_name("").unwrap().name(), "bwrap");
+        assert_eq!(
+            runtime_from_name(" Process ").unwrap().name(),
+            "process (NO ISOLATION)"
+        );
+        assert!(matches!(
+            runtime_from_name("docker"),
+            Err(SandboxError::UnknownRuntime(n)) if n == "docker"
+        ));
+    }
+}

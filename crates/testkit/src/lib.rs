@@ -1,1 +1,40 @@
-//! builder-testkit (placeholder, being built).
+//! builder-testkit: helpers that other crates' tests use to talk to real things — a real
+//! git smart-HTTP server (`git http-backend` behind basic auth), real bare repositories made
+//! with the git CLI, and a TCP server that never answers (for timeout tests).
+//!
+//! It is a dev-dependency only: no production crate may depend on it, and it must not depend
+//! on any builder crate, so that every crate's tests can use it without cycles.
+
+mod http_server;
+mod repo;
+mod silent;
+
+pub use http_server::{GitHttpServer, RecordedRequest};
+pub use repo::{git_command, make_bare_repo, read_branch_file};
+pub use silent::{SilentServer, closed_port};
+
+/// Why a test helper could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`git {args}` failed ({status}): {stderr}")]
+    Git {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitError {
+    let what = what.into();
+    move |source| TestkitError::Io { what, source }
+}

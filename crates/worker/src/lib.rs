@@ -1,1 +1,203 @@
-//! builder-worker (placeholder, being built).
+//! The worker: turns the next step of a feature (as the core state machine names it) into
+//! side effects — clone, analyse, ask the LLM, edit, build and test in the sandbox, commit,
+//! push — and records each as events.
+//!
+//! Workers are stateless: everything a step needs is in the feature's events, the store and
+//! the working copy, so any worker can resume any feature. Appends use optimistic
+//! concurrency; a conflict means someone else (a cancel, another worker) moved the feature,
+//! and the worker reloads instead of acting on a stale view. This crate must not depend on
+//! the API crate or on a particular bus.
+
+mod steps;
+
+use builder_core::{EventEnvelope, Feature, FeatureId, NextStep};
+use builder_git::Git;
+use builder_llm::{LlmSettings, Sidecar};
+use builder_sandbox::SandboxRuntime;
+use builder_store::{AppendError, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const PRODUCER: &str = concat!("builder-worker/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// GIT_WORKSPACE_BASE_PATH: one working copy per feature below it.
+    pub workspace_base: PathBuf,
+    /// Patches and logs per feature.
+    pub artifacts_base: PathBuf,
+    pub sandbox_timeout: Duration,
+    pub sandbox_memory_mb: Option<u64>,
+    pub sandbox_cpu: Option<f32>,
+    pub max_output_bytes: usize,
+    /// Bytes of repository content a prompt may carry.
+    pub context_max_bytes: usize,
+    /// Keep working copies after a feature ends (for debugging).
+    pub keep_workspaces: bool,
+}
+
+/// The LLM as the worker sees it: either ready, or a clear statement of what is missing.
+pub enum Llm {
+    Ready {
+        sidecar: Arc<Sidecar>,
+        settings: LlmSettings,
+    },
+    Unavailable(String),
+}
+
+pub struct Worker {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) git: Arc<Git>,
+    pub(crate) llm: Llm,
+    pub(crate) sandbox: Arc<dyn SandboxRuntime>,
+    pub(crate) config: WorkerConfig,
+    running: Mutex<HashMap<FeatureId, watch::Sender<bool>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// The stream moved under us (a cancel, another worker): reload and decide again.
+    #[error("the feature changed concurrently")]
+    Conflict,
+    #[error("the step was interrupted")]
+    Interrupted,
+    /// Infrastructure trouble (store down…): the feature is left as it is and retried later.
+    #[error("{0}")]
+    Infrastructure(String),
+}
+
+impl From<AppendError> for StepError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict => StepError::Conflict,
+            other => StepError::Infrastructure(other.to_string()),
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        git: Arc<Git>,
+        llm: Llm,
+        sandbox: Arc<dyn SandboxRuntime>,
+        config: WorkerConfig,
+    ) -> Arc<Worker> {
+        Arc::new(Worker {
+            store,
+            git,
+            llm,
+            sandbox,
+            config,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn workdir(&self, id: FeatureId) -> PathBuf {
+        self.config.workspace_base.join(id.to_string())
+    }
+
+    pub fn artifacts_dir(&self, id: FeatureId) -> PathBuf {
+        self.config.artifacts_base.join(id.to_string())
+    }
+
+    /// Stops whatever step this process runs for the feature (dropping the step's future
+    /// kills its git, sandbox or LLM call); the caller has already recorded why.
+    pub fn interrupt(&self, id: FeatureId) {
+        if let Ok(running) = self.running.lock()
+            && let Some(tx) = running.get(&id)
+        {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Runs a feature step by step until it ends or cannot progress now.
+    pub async fn drive(self: Arc<Self>, id: FeatureId) {
+        let (tx, mut rx) = watch::channel(false);
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, tx);
+        }
+        let mut infrastructure_failures = 0u32;
+        loop {
+            let (feature, events) = match self.load(id).await {
+                Ok(Some(loaded)) => loaded,
+                Ok(None) => {
+                    tracing::warn!(feature = %id, "work for a feature that does not exist");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(feature = %id, error = %e, "cannot load feature");
+                    break;
+                }
+            };
+            let step = feature.next_step();
+            if step == NextStep::Done {
+                self.cleanup(&feature).await;
+                break;
+            }
+            tracing::info!(feature = %id, ?step, state = feature.state.as_str(), "running step");
+            let outcome = tokio::select! {
+                r = steps::run(&self, feature, events, step.clone()) => r,
+                _ = rx.wait_for(|v| *v) => Err(StepError::Interrupted),
+            };
+            match outcome {
+                Ok(()) => infrastructure_failures = 0,
+                Err(StepError::Conflict) => continue,
+                Err(StepError::Interrupted) => {
+                    // Reload: the interrupting cancel is in the stream; the next turn cleans up.
+                    rx.borrow_and_update();
+                    if let Ok(running) = self.running.lock()
+                        && let Some(tx) = running.get(&id)
+                    {
+                        tx.send_replace(false);
+                    }
+                    continue;
+                }
+                Err(StepError::Infrastructure(e)) => {
+                    infrastructure_failures += 1;
+                    tracing::error!(feature = %id, ?step, error = %e, attempt = infrastructure_failures, "step hit an infrastructure error");
+                    if infrastructure_failures >= 5 {
+                        // Left non-terminal on purpose: the next start-up re-enqueues it.
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(
+                        200 * 2u64.pow(infrastructure_failures),
+                    ))
+                    .await;
+                }
+            }
+        }
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&id);
+        }
+    }
+
+    async fn load(&self, id: FeatureId) -> Result<Option<(Feature, Vec<EventEnvelope>)>, String> {
+        let events = self
+            .store
+            .read_stream(id, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let feature =
+            Feature::from_events(&events).map_err(|e| format!("the stream does not fold: {e}"))?;
+        Ok(Some((feature, events)))
+    }
+
+    async fn cleanup(&self, feature: &Feature) {
+        if self.config.keep_workspaces {
+            return;
+        }
+        let dir = self.workdir(feature.id);
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false)
+            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        {
+            tracing::warn!(feature = %feature.id, error = %e, "could not remove the working copy");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Configuration from the environment. Every variable has a working default for the
+//! embedded mode or is optional; a bad value stops start-up with a message naming it.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service_port: u16,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub migrate: bool,
+    pub partition_count: usize,
+    pub workspace_base: PathBuf,
+    pub clone_timeout: Duration,
+    pub op_timeout: Duration,
+    pub sandbox_runtime: String,
+    pub sandbox_timeout: Duration,
+    pub sandbox_memory_mb: Option<u64>,
+    pub sandbox_cpu: Option<f32>,
+    pub max_repair_iterations: u32,
+    pub baml_src: Option<PathBuf>,
+    pub baml_cli: PathBuf,
+    pub keep_workspaces: bool,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<T>()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?} is not valid: {e}")),
+    }
+}
+
+fn boolean(name: &str, default: bool) -> Result<bool> {
+    match var(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => bail!("{name}={other:?} is not a boolean (true/false)"),
+    }
+}
+
+/// `$XDG_DATA_HOME/builder`, else `~/.local/share/builder`.
+fn default_data_dir() -> Result<PathBuf> {
+    if let Some(xdg) = var("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(xdg).join("builder"));
+    }
+    let home =
+        var("HOME").context("neither BUILDER_DATA_DIR nor HOME is set; set BUILDER_DATA_DIR")?;
+    Ok(PathBuf::from(home).join(".local/share/builder"))
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config> {
+        let data_dir = match var("BUILDER_DATA_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => default_data_dir()?,
+        };
+        if !data_dir.is_absolute() {
+            bail!(
+                "BUILDER_DATA_DIR must be an absolute path, got {}",
+                data_dir.display()
+            );
+        }
+        let database_url = var("DATABASE_URL");
+        let embedded = database_url
+            .as_deref()
+            .is_none_or(|u| u.starts_with("sqlite:"));
+        let workspace_base = var("GIT_WORKSPACE_BASE_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("workspaces"));
+        if !workspace_base.is_absolute() {
+            bail!("GIT_WORKSPACE_BASE_PATH must be an absolute path");
+        }
+        let secs = |name: &str, default: u64| -> Result<Duration> {
+            let v: u64 = parsed(name, default)?;
+            if v == 0 {
+                bail!("{name} must be at least 1 second");
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let partition_count: usize = parsed("EVENT_BUS_PARTITION_COUNT", 16)?;
+        if !(1..=4096).contains(&partition_count) {
+            bail!("EVENT_BUS_PARTITION_COUNT must be 1–4096");
+        }
+        if let Some(brokers) = var("EVENT_BUS_BROKERS") {
+            bail!(
+                "EVENT_BUS_BROKERS={brokers:?}: the Kafka and NATS JetStream buses are not built yet; unset it to use the embedded bus"
+            );
+        }
+        let sandbox_memory_mb = match var("SANDBOX_MEMORY_LIMIT_MB") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|e| anyhow::anyhow!("SANDBOX_MEMORY_LIMIT_MB={v:?}: {e}"))?,
+            ),
+        };
+        let sandbox_cpu = match var("SANDBOX_CPU_LIMIT") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<f32>()
+                    .map_err(|e| anyhow::anyhow!("SANDBOX_CPU_LIMIT={v:?}: {e}"))?,
+            ),
+        };
+        let log_format = var("LOG_FORMAT").unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "json" => true,
+            "text" | "pretty" => false,
+            other => bail!("LOG_FORMAT={other:?} must be json or text"),
+        };
+        Ok(Config {
+            service_port: parsed("SERVICE_PORT", 8080)?,
+            data_dir,
+            database_url,
+            migrate: boolean("DO_DATABASE_MIGRATE", embedded)?,
+            partition_count,
+            workspace_base,
+            clone_timeout: secs("GIT_CLONE_TIMEOUT_SECONDS", 600)?,
+            op_timeout: secs("GIT_OPERATION_TIMEOUT_SECONDS", 120)?,
+            sandbox_runtime: var("SANDBOX_RUNTIME").unwrap_or_else(|| "bwrap".into()),
+            sandbox_timeout: secs("SANDBOX_TIMEOUT_SECONDS", 600)?,
+            sandbox_memory_mb,
+            sandbox_cpu,
+            max_repair_iterations: parsed("BUILDER_MAX_REPAIR_ITERATIONS", 3)?,
+            baml_src: var("BUILDER_BAML_SRC").map(PathBuf::from),
+            baml_cli: var("BUILDER_BAML_CLI")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("baml-cli")),
+            keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
+            log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            log_json,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! `builder serve`: everything in one process — API, embedded bus, workers — on the store
+//! the environment names (SQLite under the data directory by default).
+
+use crate::config::Config;
+use anyhow::{Context, Result};
+use builder_api::Backend;
+use builder_bus::{EmbeddedBus, Handler, WorkBus};
+use builder_core::{Credential, FeatureId};
+use builder_git::{Git, GitConfig, GitCredential};
+use builder_store::Store;
+use builder_worker::{Llm, Worker, WorkerConfig};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct ServeBackend {
+    store: Arc<dyn Store>,
+    bus: Arc<EmbeddedBus>,
+    worker: Arc<Worker>,
+    git: Arc<Git>,
+    max_repair_iterations: u32,
+}
+
+fn git_credential(c: Option<Credential>) -> GitCredential {
+    match c {
+        None => GitCredential::None,
+        Some(Credential::Token { token, username }) => GitCredential::Token { token, username },
+        Some(Credential::Basic { username, password }) => {
+            GitCredential::Basic { username, password }
+        }
+        Some(Credential::SshKey { private_key }) => GitCredential::SshKey { private_key },
+        Some(Credential::Oauth { token, .. }) => GitCredential::Token {
+            token,
+            username: Some("oauth2".into()),
+        },
+    }
+}
+
+impl Backend for ServeBackend {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    fn submit(&self, id: FeatureId) -> Result<(), String> {
+        self.bus.publish(id).map_err(|e| e.to_string())
+    }
+
+    fn interrupt(&self, id: FeatureId) {
+        self.worker.interrupt(id);
+    }
+
+    fn probe_default_branch(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<String, String>> {
+        let git = self.git.clone();
+        async move {
+            git.ls_remote_default_branch(&url, &git_credential(credential))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn probe_read_access(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let git = self.git.clone();
+        async move {
+            git.ls_remote_default_branch(&url, &git_credential(credential))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn max_repair_iterations(&self) -> u32 {
+        self.max_repair_iterations
+    }
+
+    fn artifacts_dir(&self, id: FeatureId) -> PathBuf {
+        self.worker.artifacts_dir(id)
+    }
+}
+
+const NO_LLM: &str = "no LLM is configured: set BAML_CLIENT_PROVIDER (openai, anthropic or openai-generic), \
+BAML_CLIENT_MODEL and BAML_CLIENT_API_KEY (or BAML_CLIENT_BASE_URL for an OpenAI-compatible server such as Ollama or vLLM), \
+then restart builder";
+
+pub async fn serve(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating BUILDER_DATA_DIR {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.workspace_base).with_context(|| {
+        format!(
+            "creating GIT_WORKSPACE_BASE_PATH {}",
+            config.workspace_base.display()
+        )
+    })?;
+
+    let store = builder_store::open(
+        config.database_url.as_deref(),
+        &config.data_dir,
+        config.migrate,
+    )
+    .await
+    .context("opening the store (DATABASE_URL / BUILDER_DATA_DIR)")?;
+    let backend_name = if config
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("postgres"))
+    {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    tracing::info!(store = backend_name, data_dir = %config.data_dir.display(), "store ready");
+
+    let sandbox: Arc<dyn builder_sandbox::SandboxRuntime> = Arc::from(
+        builder_sandbox::runtime_from_name(&config.sandbox_runtime).with_context(|| {
+            format!(
+                "SANDBOX_RUNTIME={:?} cannot be used",
+                config.sandbox_runtime
+            )
+        })?,
+    );
+    if config.sandbox_runtime == "process" {
+        tracing::warn!(
+            "SANDBOX_RUNTIME=process: builds and tests run WITHOUT ISOLATION on this host"
+        );
+    }
+    let limits = match (config.sandbox_memory_mb, config.sandbox_cpu) {
+        (None, None) => "no CPU or memory limit requested".to_string(),
+        _ => "CPU/memory limits requested but not enforced yet (cgroups are a planned step); only the timeout holds".to_string(),
+    };
+    tracing::info!(runtime = sandbox.name(), timeout_s = config.sandbox_timeout.as_secs(), limits = %limits, "sandbox ready");
+
+    let llm = match builder_llm::LlmSettings::from_env()
+        .context("reading BAML_CLIENT_* settings")?
+    {
+        Some(settings) => {
+            let baml_src = config.baml_src.clone().unwrap_or_else(default_baml_src);
+            let sidecar = builder_llm::Sidecar::start(builder_llm::SidecarConfig {
+                baml_cli: config.baml_cli.clone(),
+                baml_src: baml_src.clone(),
+                startup_timeout: std::time::Duration::from_secs(60),
+                call_timeout: std::time::Duration::from_secs(300),
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the BAML sidecar ({} serve --from {})",
+                    config.baml_cli.display(),
+                    baml_src.display()
+                )
+            })?;
+            tracing::info!(provider = %settings.provider, model = %settings.model, "LLM ready (BAML sidecar)");
+            Llm::Ready {
+                sidecar: Arc::new(sidecar),
+                settings,
+            }
+        }
+        None => {
+            tracing::warn!("{NO_LLM}; features will fail at analysis until then");
+            Llm::Unavailable(NO_LLM.to_string())
+        }
+    };
+
+    let git = Arc::new(
+        Git::new(
+            GitConfig {
+                clone_timeout: config.clone_timeout,
+                op_timeout: config.op_timeout,
+                author_name: "builder".into(),
+                author_email: "builder@localhost".into(),
+            },
+            &config.data_dir.join("git"),
+        )
+        .context("preparing git")?,
+    );
+    let worker = Worker::new(
+        store.clone(),
+        git.clone(),
+        llm,
+        sandbox,
+        WorkerConfig {
+            workspace_base: config.workspace_base.clone(),
+            artifacts_base: config.data_dir.join("artifacts"),
+            sandbox_timeout: config.sandbox_timeout,
+            sandbox_memory_mb: config.sandbox_memory_mb,
+            sandbox_cpu: config.sandbox_cpu,
+            max_output_bytes: 4 * 1024 * 1024,
+            context_max_bytes: 96 * 1024,
+            keep_workspaces: config.keep_workspaces,
+        },
+    );
+    let handler: Handler = {
+        let worker = worker.clone();
+        Arc::new(move |id| worker.clone().drive(id).boxed())
+    };
+    let bus =
+        EmbeddedBus::start(config.partition_count, handler).context("EVENT_BUS_PARTITION_COUNT")?;
+
+    // Nothing is lost when a process dies: every unfinished feature is picked up again.
+    let pending = store
+        .non_terminal_features()
+        .await
+        .context("listing unfinished features")?;
+    for id in &pending {
+        bus.publish(*id)
+            .context("re-enqueueing unfinished features")?;
+    }
+    if !pending.is_empty() {
+        tracing::info!(count = pending.len(), "resumed unfinished features");
+    }
+
+    let backend: Arc<dyn Backend> = Arc::new(ServeBackend {
+        store,
+        bus,
+        worker,
+        git,
+        max_repair_iterations: config.max_repair_iterations,
+    });
+    let app = builder_api::router(backend);
+    let host = std::env::var("SERVICE_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let listener = tokio::net::TcpListener::bind((host.as_str(), config.service_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding {host}:{} (SERVICE_HOST/SERVICE_PORT)",
+                config.service_port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "builder is serving Connect, gRPC and gRPC-Web; GET /health for readiness");
+    println!("builder listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Running from a checkout (`cargo run`): the repository's own `baml_src/`.
+fn default_baml_src() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../baml_src"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

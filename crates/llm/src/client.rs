@@ -1,0 +1,420 @@
+//! Typed calls of the four BAML functions through the sidecar, with retries.
+
+use crate::error::{LlmError, tidy};
+use crate::settings::LlmSettings;
+use crate::sidecar::Shared;
+use crate::types::{Analysis, EditSet, FeatureRequest, Plan, RepoContext, Review, SourceFile};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A function's result with what it took to get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Called<T> {
+    pub value: T,
+    /// The BAML function name, e.g. `GenerateEdits`.
+    pub function: &'static str,
+    pub provider: String,
+    pub model: String,
+    /// Wall time of the whole call, retries and back-off included.
+    pub latency_ms: u64,
+    /// HTTP calls made to the sidecar, the successful one included.
+    pub attempts: u32,
+}
+
+/// How often to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Further tries after output that does not parse (the model may answer better).
+    pub parse_retries: u32,
+    /// Further tries after a transient failure, waiting `backoff · 2^n` before try n+1.
+    pub transient_retries: u32,
+    pub backoff: Duration,
+    /// Further tries after the sidecar itself went away (once it is back).
+    pub sidecar_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            parse_retries: 2,
+            transient_retries: 3,
+            backoff: Duration::from_millis(200),
+            sidecar_retries: 2,
+        }
+    }
+}
+
+/// Calls the BAML functions with one provider configuration. Cheap to clone.
+#[derive(Clone)]
+pub struct LlmClient {
+    shared: Arc<Shared>,
+    settings: LlmSettings,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("settings", &self.settings)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// What one HTTP call to the sidecar came to.
+enum Outcome {
+    Ok(Value),
+    Failed(LlmError),
+    /// The sidecar could not be reached on this generation.
+    Unreachable(u64, String),
+}
+
+impl LlmClient {
+    pub(crate) fn new(shared: Arc<Shared>, settings: LlmSettings) -> LlmClient {
+        LlmClient {
+            shared,
+            settings,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> LlmClient {
+        self.retry = retry;
+        self
+    }
+
+    pub fn settings(&self) -> &LlmSettings {
+        &self.settings
+    }
+
+    pub async fn analyze(
+        &self,
+        req: &FeatureRequest,
+        ctx: &RepoContext,
+    ) -> Result<Called<Analysis>, LlmError> {
+        self.call("AnalyzeFeature", json!({"request": req, "context": ctx}))
+            .await
+    }
+
+    pub async fn plan(
+        &self,
+        req: &FeatureRequest,
+        analysis: &Analysis,
+        ctx: &RepoContext,
+    ) -> Result<Called<Plan>, LlmError> {
+        self.call(
+            "PlanFeature",
+            json!({"request": req, "analysis": analysis, "context": ctx}),
+        )
+        .await
+    }
+
+    pub async fn generate(
+        &self,
+        req: &FeatureRequest,
+        plan: &Plan,
+        step_index: u32,
+        files: &[SourceFile],
+        feedback: Option<&str>,
+    ) -> Result<Called<EditSet>, LlmError> {
+        self.call(
+            "GenerateEdits",
+            json!({
+                "request": req,
+                "plan": plan,
+                "step_index": step_index,
+                "files": files,
+                "feedback": feedback,
+            }),
+        )
+        .await
+    }
+
+    pub async fn validate(
+        &self,
+        req: &FeatureRequest,
+        diff: &str,
+        test_summary: &str,
+    ) -> Result<Called<Review>, LlmError> {
+        self.call(
+            "ValidateChange",
+            json!({"request": req, "diff": diff, "test_summary": test_summary}),
+        )
+        .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        function: &'static str,
+        args: Value,
+    ) -> Result<Called<T>, LlmError> {
+        let key = self.settings.api_key.as_deref();
+        self.settings.validate().map_err(|e| e.redacted(key))?;
+        let mut body = match args {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        body.insert(
+            "__baml_options__".into(),
+            json!({"client_registry": self.settings.client_registry()}),
+        );
+        let body = Value::Object(body);
+
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let (mut parse_failures, mut transient_failures, mut sidecar_failures) = (0, 0, 0);
+        let mut failed_generation = None;
+        loop {
+            let endpoint = self.shared.endpoint(failed_generation).await?;
+            attempts += 1;
+            let outcome = self.post(function, &endpoint, &body).await;
+            let error = match outcome {
+                Outcome::Ok(value) => match serde_json::from_value::<T>(value.clone()) {
+                    Ok(value) => {
+                        return Ok(Called {
+                            value,
+                            function,
+                            provider: self.settings.provider.clone(),
+                            model: self.settings.model.clone(),
+                            latency_ms: u64::try_from(started.elapsed().as_millis())
+                                .unwrap_or(u64::MAX),
+                            attempts,
+                        });
+                    }
+                    // BAML coerced the answer into its class, but a value does not fit the
+                    // Rust mirror (e.g. a negative index): the model's output is at fault.
+                    Err(e) => LlmError::Parse {
+                        function,
+                        message: format!("the answer does not fit the Rust type: {e}"),
+                        raw_output: Some(tidy(&value.to_string(), RAW_OUTPUT_CHARS)),
+                    },
+                },
+                Outcome::Failed(e) => e,
+                Outcome::Unreachable(generation, why) => {
+                    if sidecar_failures < self.retry.sidecar_retries {
+                        sidecar_failures += 1;
+                        tracing::warn!(function, attempts, %why, "BAML sidecar unreachable; retrying once it is back");
+                        failed_generation = Some(generation);
+                        continue;
+                    }
+                    LlmError::Sidecar {
+                        message: format!("unreachable: {why}"),
+                    }
+                }
+            };
+            let error = error.redacted(key);
+            match &error {
+                LlmError::Parse { message, .. } if parse_failures < self.retry.parse_retries => {
+                    parse_failures += 1;
+                    tracing::warn!(function, attempts, %message, "model output did not parse; asking again");
+                }
+                LlmError::Transient { status, message }
+                    if transient_failures < self.retry.transient_retries =>
+                {
+                    let delay = self.retry.backoff * 2u32.saturating_pow(transient_failures);
+                    transient_failures += 1;
+                    tracing::warn!(function, attempts, ?status, %message, ?delay, "transient LLM failure; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        function: &'static str,
+        endpoint: &crate::sidecar::Endpoint,
+        body: &Value,
+    ) -> Outcome {
+        let timeout = self.shared.config.call_timeout;
+        let sent = self
+            .shared
+            .http
+            .post(format!("{}/call/{function}", endpoint.base_url))
+            .header("x-baml-api-key", &endpoint.password)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Outcome::Failed(LlmError::Timeout { after: timeout });
+            }
+            Err(e) => return Outcome::Unreachable(endpoint.generation, e.to_string()),
+        };
+        let status = response.status().as_u16();
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) if e.is_timeout() => {
+                return Outcome::Failed(LlmError::Timeout { after: timeout });
+            }
+            Err(e) => return Outcome::Unreachable(endpoint.generation, e.to_string()),
+        };
+        if status == 200 {
+            return match serde_json::from_str(&text) {
+                Ok(v) => Outcome::Ok(v),
+                Err(e) => Outcome::Failed(LlmError::Sidecar {
+                    message: format!("{function} answered 200 with a body that is not JSON: {e}"),
+                }),
+            };
+        }
+        Outcome::Failed(classify(function, status, &text))
+    }
+}
+
+const RAW_OUTPUT_CHARS: usize = 4000;
+const MESSAGE_CHARS: usize = 2000;
+
+/// Turns a non-200 answer of `baml-cli serve` into an error. Its bodies look like
+/// `{"error": "<kind>", "message": "...", ...}`; the kinds were found by experiment with
+/// baml-cli 0.226.3:
+/// - 500 `validation_failure` (+ `raw_output`): the model's output did not parse;
+/// - 500 `internal_error` "Finish reason not allowed": a finish reason on our deny list;
+/// - 502 `client_error` "Request failed with status code: NNN …": the provider's HTTP
+///   error, or a transport error (no status) when the provider was unreachable;
+/// - 400 `invalid_argument`: the arguments do not fit `baml_src/`;
+/// - 403 (plain text): the sidecar password was wrong.
+pub(crate) fn classify(function: &'static str, status: u16, text: &str) -> LlmError {
+    let parsed: Option<Value> = serde_json::from_str(text).ok();
+    let kind = parsed
+        .as_ref()
+        .and_then(|v| v["error"].as_str())
+        .unwrap_or("");
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v["message"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| text.to_owned());
+    // BAML quotes the provider's message as a JSON string inside its own message.
+    let message = serde_json::from_str::<String>(&message).unwrap_or(message);
+    match (status, kind) {
+        (_, "validation_failure") => LlmError::Parse {
+            function,
+            message: tidy(&message, MESSAGE_CHARS),
+            raw_output: parsed
+                .as_ref()
+                .and_then(|v| v["raw_output"].as_str())
+                .map(|s| tidy(s, RAW_OUTPUT_CHARS)),
+        },
+        (_, "internal_error") if message.contains("Finish reason not allowed") => {
+            let reason = message
+                .split("Finish Reason: ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("unknown");
+            LlmError::Refused {
+                message: format!("{function}: the model stopped with finish reason `{reason}`"),
+            }
+        }
+        (_, "client_error") => match provider_status(&message) {
+            Some(s) if s == 408 || s == 409 || s == 429 || s >= 500 => LlmError::Transient {
+                status: Some(s),
+                message: tidy(&message, MESSAGE_CHARS),
+            },
+            Some(s) => LlmError::Rejected {
+                status: s,
+                message: tidy(&message, MESSAGE_CHARS),
+            },
+            // No HTTP status: the provider could not be reached (DNS, refused, reset).
+            None => LlmError::Transient {
+                status: None,
+                message: tidy(&message, MESSAGE_CHARS),
+            },
+        },
+        (403, _) => LlmError::Sidecar {
+            message: format!("rejected builder's password: {}", tidy(&message, 200)),
+        },
+        _ => LlmError::Sidecar {
+            message: format!(
+                "{function} failed (HTTP {status}, {}): {}",
+                if kind.is_empty() {
+                    "no error kind"
+                } else {
+                    kind
+                },
+                tidy(&message, MESSAGE_CHARS)
+            ),
+        },
+    }
+}
+
+/// The provider's HTTP status from BAML's "Request failed with status code: 429 …".
+fn provider_status(message: &str) -> Option<u16> {
+    let rest = message.split("status code: ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Bodies captured from baml-cli 0.226.3 (see `classify`).
+    #[test]
+    fn classifies_what_baml_cli_answers() {
+        let rate = r#"{"error":"client_error","message":"\"Request failed with status code: 429 Too Many Requests. {\\\"error\\\":{\\\"message\\\":\\\"boom\\\"}}\""}"#;
+        match classify("F", 502, rate) {
+            LlmError::Transient { status, message } => {
+                assert_eq!(status, Some(429));
+                assert!(message.starts_with("Request failed"), "{message}");
+            }
+            e => panic!("{e:?}"),
+        }
+        let overloaded = r#"{"error":"client_error","message":"\"Request failed with status code: 529 <unknown status code>. {}\""}"#;
+        assert!(matches!(
+            classify("F", 502, overloaded),
+            LlmError::Transient {
+                status: Some(529),
+                ..
+            }
+        ));
+        let auth = r#"{"error":"client_error","message":"\"Request failed with status code: 401 Unauthorized. {}\""}"#;
+        assert!(matches!(
+            classify("F", 502, auth),
+            LlmError::Rejected { status: 401, .. }
+        ));
+        let refused = r#"{"error":"client_error","message":"\"reqwest::Error { kind: Request, source: ConnectError(\\\"tcp connect error\\\") }\""}"#;
+        assert!(matches!(
+            classify("F", 502, refused),
+            LlmError::Transient { status: None, .. }
+        ));
+        let parse = r#"{"error":"validation_failure","prompt":"p","raw_output":"I cannot","message":"Failed to parse LLM response: x"}"#;
+        match classify("AnalyzeFeature", 500, parse) {
+            LlmError::Parse {
+                function,
+                raw_output,
+                ..
+            } => {
+                assert_eq!(function, "AnalyzeFeature");
+                assert_eq!(raw_output.as_deref(), Some("I cannot"));
+            }
+            e => panic!("{e:?}"),
+        }
+        let finish = r#"{"error":"internal_error","message":"Error parsing: Finish reason error: Finish reason not allowed\nPrompt: secret repo\nRaw Response: no\nFinish Reason: content_filter\n\nStack backtrace:\n 0: x"}"#;
+        match classify("F", 500, finish) {
+            LlmError::Refused { message } => {
+                assert!(message.contains("content_filter"), "{message}");
+                assert!(!message.contains("secret repo"), "{message}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            classify("F", 403, "Incorrect authorization metadata"),
+            LlmError::Sidecar { .. }
+        ));
+        match classify(
+            "F",
+            400,
+            r#"{"error":"invalid_argument","message":"Missing required parameter: request"}"#,
+        ) {
+            LlmError::Sidecar { message } => {
+                assert!(message.contains("invalid_argument"), "{message}")
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+}

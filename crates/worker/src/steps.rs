@@ -1,0 +1,1299 @@
+//! One function per step of the feature state machine. Each appends its events as it goes,
+//! so a watcher sees progress live and a crash loses at most the step in flight.
+
+use crate::{Llm, PRODUCER, StepError, Worker};
+use builder_core::event::{
+    DeliveryResult, ErrorCode, Event, ExecutionError, ExecutionPlan, PlanStep,
+};
+use builder_core::{Credential, EventEnvelope, Feature, FeatureState, NextStep, RepositoryState};
+use builder_git::GitCredential;
+use builder_llm::{Called, LlmClient, LlmError};
+use builder_sandbox::{CommandSpec, ExecOutcome, SandboxLimits, TestFramework};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Output kept in events; the whole log goes to an artifact.
+const EVENT_OUTPUT_BYTES: usize = 8 * 1024;
+
+pub(crate) async fn run(
+    w: &Worker,
+    feature: Feature,
+    events: Vec<EventEnvelope>,
+    step: NextStep,
+) -> Result<(), StepError> {
+    let mut run = Run { w, feature, events };
+    match step {
+        NextStep::Analyze => run.analyze().await,
+        NextStep::Plan => run.plan().await,
+        NextStep::Execute { iteration } => run.execute(iteration).await,
+        NextStep::Verify { iteration } => run.verify(iteration).await,
+        NextStep::Repair { iteration } => run.repair(iteration).await,
+        NextStep::GiveUp => run.give_up().await,
+        NextStep::Deliver => run.deliver().await,
+        NextStep::Done => Ok(()),
+    }
+}
+
+struct Run<'a> {
+    w: &'a Worker,
+    feature: Feature,
+    events: Vec<EventEnvelope>,
+}
+
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…[{} bytes cut]…\n{}", start, &s[start..])
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+impl Run<'_> {
+    async fn emit(&mut self, events: Vec<Event>) -> Result<(), StepError> {
+        let t = builder_store::append_events(&*self.w.store, &self.feature, events, None, PRODUCER)
+            .await?;
+        self.feature = t.feature;
+        self.events.extend(t.envelopes);
+        Ok(())
+    }
+
+    /// The last event of the stream for which `f` returns something.
+    fn last<T>(&self, f: impl Fn(Event) -> Option<T>) -> Option<T> {
+        self.events
+            .iter()
+            .rev()
+            .filter_map(|e| e.event().ok())
+            .find_map(f)
+    }
+
+    async fn fail(
+        &mut self,
+        phase_event: Option<Event>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        details: impl Into<String>,
+        retryable: bool,
+    ) -> Result<(), StepError> {
+        let mut events: Vec<Event> = phase_event.into_iter().collect();
+        events.push(Event::FeatureFailed {
+            error: ExecutionError {
+                code,
+                message: message.into(),
+                details: tail(&details.into(), EVENT_OUTPUT_BYTES),
+                retryable,
+                failed_step: self.feature.state.phase().to_string(),
+            },
+        });
+        self.emit(events).await
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.w.workdir(self.feature.id)
+    }
+
+    fn request(&self) -> builder_llm::FeatureRequest {
+        let s = &self.feature.spec;
+        builder_llm::FeatureRequest {
+            title: s.title.clone(),
+            description: s.description.clone(),
+            acceptance_criteria: s.acceptance_criteria.clone(),
+            path_hints: s.path_hints.clone(),
+        }
+    }
+
+    fn llm(&self) -> Result<LlmClient, String> {
+        match &self.w.llm {
+            Llm::Ready { sidecar, settings } => Ok(sidecar.client(settings.clone())),
+            Llm::Unavailable(why) => Err(why.clone()),
+        }
+    }
+
+    /// Wraps one LLM call in its invocation/response events.
+    async fn call<T>(
+        &mut self,
+        function: &str,
+        fut: impl std::future::Future<Output = Result<Called<T>, LlmError>>,
+    ) -> Result<Result<T, LlmError>, StepError> {
+        let (provider, model) = match &self.w.llm {
+            Llm::Ready { settings, .. } => (settings.provider.clone(), settings.model.clone()),
+            Llm::Unavailable(_) => (String::new(), String::new()),
+        };
+        self.emit(vec![Event::LlmInvocationStarted {
+            function: function.into(),
+            provider: provider.clone(),
+            model: model.clone(),
+        }])
+        .await?;
+        let started = Instant::now();
+        let result = fut.await;
+        let (attempts, ok, error) = match &result {
+            Ok(c) => (c.attempts, true, None),
+            // A failed call's retries are inside the LLM client; 0 marks "not counted".
+            Err(e) => (0, false, Some(e.to_string())),
+        };
+        self.emit(vec![Event::LlmResponseReceived {
+            function: function.into(),
+            provider,
+            model,
+            latency_ms: ms(started),
+            attempts,
+            ok,
+            error,
+        }])
+        .await?;
+        Ok(result.map(|c| c.value))
+    }
+
+    async fn credential(&self) -> Result<GitCredential, String> {
+        let stored = self
+            .w
+            .store
+            .get_credential(self.feature.spec.repository_id)
+            .await
+            .map_err(|e| format!("reading the repository credential: {e}"))?;
+        let Some((_, secret)) = stored else {
+            return Ok(GitCredential::None);
+        };
+        let credential: Credential = serde_json::from_slice(secret.expose())
+            .map_err(|_| "the stored credential is unreadable".to_string())?;
+        Ok(match credential {
+            Credential::Token { token, username } => GitCredential::Token { token, username },
+            Credential::Basic { username, password } => GitCredential::Basic { username, password },
+            Credential::SshKey { private_key } => GitCredential::SshKey { private_key },
+            Credential::Oauth { token, .. } => GitCredential::Token {
+                token,
+                username: Some("oauth2".into()),
+            },
+        })
+    }
+
+    // ---------------------------------------------------------------- analysis
+
+    async fn analyze(&mut self) -> Result<(), StepError> {
+        let started = Instant::now();
+        if self.feature.state == FeatureState::Pending {
+            self.emit(vec![Event::AnalysisStarted {}]).await?;
+        }
+        let repo = match self
+            .w
+            .store
+            .get_repository(self.feature.spec.repository_id)
+            .await
+        {
+            Ok(Some(r)) if r.state == RepositoryState::Active => r,
+            Ok(_) => {
+                let reason = format!(
+                    "repository {} is not registered or was deleted",
+                    self.feature.spec.repository_id
+                );
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::InvalidInput,
+                        reason,
+                        "",
+                        false,
+                    )
+                    .await;
+            }
+            Err(e) => return Err(StepError::Infrastructure(e.to_string())),
+        };
+        let credential = match self.credential().await {
+            Ok(c) => c,
+            Err(reason) => {
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::RepositoryAccess,
+                        reason,
+                        "",
+                        false,
+                    )
+                    .await;
+            }
+        };
+        let workdir = self.workdir();
+        if tokio::fs::try_exists(&workdir).await.unwrap_or(false) {
+            // An interrupted clone or analysis: start from a clean copy.
+            tokio::fs::remove_dir_all(&workdir).await.map_err(|e| {
+                StepError::Infrastructure(format!("clearing {}: {e}", workdir.display()))
+            })?;
+        }
+        let target = self.feature.target_branch.clone();
+        self.emit(vec![Event::RepositoryCloneStarted {
+            url: builder_git::redact_url(&repo.url),
+            branch: target.clone(),
+        }])
+        .await?;
+        let clone_started = Instant::now();
+        let head = match self
+            .w
+            .git
+            .clone_repo(&repo.url, &workdir, Some(&target), &credential)
+            .await
+        {
+            Ok(head) => head,
+            Err(e) => {
+                let reason = format!("cloning the repository failed: {e}");
+                let retryable = e.is_transient();
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::RepositoryAccess,
+                        reason,
+                        "",
+                        retryable,
+                    )
+                    .await;
+            }
+        };
+        self.emit(vec![Event::RepositoryCloneCompleted {
+            head_sha: head,
+            duration_ms: ms(clone_started),
+        }])
+        .await?;
+
+        let overrides = builder_analysis::Commands {
+            build: repo
+                .properties
+                .get("build_command")
+                .cloned()
+                .filter(|s| !s.trim().is_empty()),
+            test: repo
+                .properties
+                .get("test_command")
+                .cloned()
+                .filter(|s| !s.trim().is_empty()),
+        };
+        let profile = match builder_analysis::detect(&workdir, &overrides) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("analysing the code base failed: {e}");
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::AnalysisFailed,
+                        reason,
+                        "",
+                        false,
+                    )
+                    .await;
+            }
+        };
+        self.emit(vec![Event::CodebaseAnalyzed {
+            languages: profile.languages.clone(),
+            build_command: profile.build_command.clone(),
+            test_command: profile.test_command.clone(),
+            command_source: format!("{:?}", profile.source).to_lowercase(),
+            file_count: profile.file_count as u64,
+        }])
+        .await?;
+
+        let client = match self.llm() {
+            Ok(c) => c,
+            Err(why) => {
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: why.clone(),
+                        }),
+                        ErrorCode::AnalysisFailed,
+                        why,
+                        "",
+                        true,
+                    )
+                    .await;
+            }
+        };
+        let context = self.context().await?;
+        let request = self.request();
+        let analysis = match self
+            .call("AnalyzeFeature", client.analyze(&request, &context))
+            .await?
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let reason = format!("the LLM could not analyse the request: {e}");
+                let retryable = e.is_transient();
+                return self
+                    .fail(
+                        Some(Event::AnalysisFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::AnalysisFailed,
+                        reason,
+                        "",
+                        retryable,
+                    )
+                    .await;
+            }
+        };
+        self.emit(vec![
+            Event::ScopeIdentified {
+                summary: analysis.summary,
+                files: analysis.affected_files,
+                risks: analysis.risks,
+                acceptance: analysis.acceptance_interpretation,
+            },
+            Event::AnalysisCompleted {
+                duration_ms: ms(started),
+            },
+        ])
+        .await
+    }
+
+    /// The repository as the prompts see it, with the commands analysis found.
+    async fn context(&self) -> Result<builder_llm::RepoContext, StepError> {
+        let (languages, build, test) = self
+            .last(|e| match e {
+                Event::CodebaseAnalyzed {
+                    languages,
+                    build_command,
+                    test_command,
+                    ..
+                } => Some((languages, build_command, test_command)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let mut hints = self.feature.spec.path_hints.clone();
+        if let Some(files) = self.last(|e| match e {
+            Event::ScopeIdentified { files, .. } => Some(files),
+            _ => None,
+        }) {
+            hints.extend(files);
+        }
+        if let Some(plan) = &self.feature.plan {
+            hints.extend(plan.affected_files.iter().cloned());
+        }
+        let ctx = builder_analysis::repo_context(
+            &self.workdir(),
+            &hints,
+            self.w.config.context_max_bytes,
+        )
+        .map_err(|e| StepError::Infrastructure(format!("reading the working copy: {e}")))?;
+        Ok(builder_llm::RepoContext {
+            languages,
+            build_command: build,
+            test_command: test,
+            file_tree: ctx.file_tree,
+            files: ctx
+                .files
+                .into_iter()
+                .map(|(path, content)| builder_llm::SourceFile { path, content })
+                .collect(),
+        })
+    }
+
+    fn analysis(&self) -> builder_llm::Analysis {
+        self.last(|e| match e {
+            Event::ScopeIdentified {
+                summary,
+                files,
+                risks,
+                acceptance,
+            } => Some(builder_llm::Analysis {
+                summary,
+                affected_files: files,
+                risks,
+                acceptance_interpretation: acceptance,
+            }),
+            _ => None,
+        })
+        .unwrap_or_else(|| builder_llm::Analysis {
+            summary: String::new(),
+            affected_files: vec![],
+            risks: vec![],
+            acceptance_interpretation: vec![],
+        })
+    }
+
+    // ---------------------------------------------------------------- planning
+
+    async fn plan(&mut self) -> Result<(), StepError> {
+        if self.feature.state == FeatureState::Analyzing {
+            self.emit(vec![Event::PlanningStarted {}]).await?;
+        }
+        let client = match self.llm() {
+            Ok(c) => c,
+            Err(why) => {
+                return self
+                    .fail(
+                        Some(Event::PlanningFailed {
+                            reason: why.clone(),
+                        }),
+                        ErrorCode::PlanningFailed,
+                        why,
+                        "",
+                        true,
+                    )
+                    .await;
+            }
+        };
+        let context = self.context().await?;
+        let request = self.request();
+        let analysis = self.analysis();
+        let plan = match self
+            .call("PlanFeature", client.plan(&request, &analysis, &context))
+            .await?
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("the LLM could not plan the change: {e}");
+                let retryable = e.is_transient();
+                return self
+                    .fail(
+                        Some(Event::PlanningFailed {
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::PlanningFailed,
+                        reason,
+                        "",
+                        retryable,
+                    )
+                    .await;
+            }
+        };
+        let max_steps = self.feature.spec.max_steps() as usize;
+        if plan.steps.is_empty() || plan.steps.len() > max_steps {
+            let reason = format!(
+                "the plan has {} step(s); it needs 1 to {max_steps} (constraints.max_steps)",
+                plan.steps.len()
+            );
+            return self
+                .fail(
+                    Some(Event::PlanningFailed {
+                        reason: reason.clone(),
+                    }),
+                    ErrorCode::PlanningFailed,
+                    reason,
+                    "",
+                    true,
+                )
+                .await;
+        }
+        let steps: Vec<PlanStep> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PlanStep {
+                index: i as u32,
+                description: s.description.clone(),
+                step_type: s.step_type.as_str().to_string(),
+                target_files: s.target_files.clone(),
+                dependencies: s.dependencies.clone(),
+            })
+            .collect();
+        let mut events: Vec<Event> = steps
+            .iter()
+            .map(|s| Event::PlanStepDefined { step: s.clone() })
+            .collect();
+        events.push(Event::PlanGenerated {
+            plan: ExecutionPlan {
+                steps,
+                affected_files: plan.affected_files.clone(),
+                summary: plan.summary.clone(),
+            },
+        });
+        self.emit(events).await?;
+        self.write_artifact(
+            "plan.json",
+            &serde_json::to_vec_pretty(&self.feature.plan).unwrap_or_default(),
+        )
+        .await;
+        Ok(())
+    }
+
+    fn llm_plan(&self) -> builder_llm::Plan {
+        let plan = self.feature.plan.clone().unwrap_or_default();
+        builder_llm::Plan {
+            summary: plan.summary,
+            affected_files: plan.affected_files,
+            steps: plan
+                .steps
+                .into_iter()
+                .map(|s| builder_llm::PlanStep {
+                    index: s.index,
+                    description: s.description,
+                    step_type: builder_llm::StepType::parse(&s.step_type)
+                        .unwrap_or(builder_llm::StepType::ModifyFile),
+                    target_files: s.target_files,
+                    dependencies: s.dependencies,
+                })
+                .collect(),
+        }
+    }
+
+    // ---------------------------------------------------------------- execution
+
+    async fn execute(&mut self, iteration: u32) -> Result<(), StepError> {
+        let workdir = self.workdir();
+        if !tokio::fs::try_exists(workdir.join(".git"))
+            .await
+            .unwrap_or(false)
+        {
+            // Edits live only in the working copy; without it the iteration cannot resume.
+            return self
+                .fail(
+                    Some(Event::ExecutionFailed { iteration, reason: "the working copy is gone".into() }),
+                    ErrorCode::Internal,
+                    "the working copy was lost (process restarted on another machine or the workspace was cleaned); retry the feature",
+                    "",
+                    true,
+                )
+                .await;
+        }
+        if !(self.feature.state == FeatureState::Executing && self.feature.iteration == iteration) {
+            self.emit(vec![Event::ExecutionStarted { iteration }])
+                .await?;
+        }
+        let client = match self.llm() {
+            Ok(c) => c,
+            Err(why) => {
+                return self
+                    .fail(
+                        Some(Event::ExecutionFailed {
+                            iteration,
+                            reason: why.clone(),
+                        }),
+                        ErrorCode::GenerationFailed,
+                        why,
+                        "",
+                        true,
+                    )
+                    .await;
+            }
+        };
+        let plan = self.llm_plan();
+        let total = plan.steps.len() as u32;
+        if iteration == 1 {
+            for step in plan.steps.clone() {
+                let index = step.index;
+                if self.step_done(iteration, index) {
+                    continue;
+                }
+                let files = step.target_files.clone();
+                if !self
+                    .generate_step(
+                        &client,
+                        &plan,
+                        iteration,
+                        index,
+                        &step.description,
+                        &files,
+                        None,
+                    )
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+        } else {
+            let feedback = self.feature.last_failure.clone().unwrap_or_default();
+            let mut files = self.changed_files().await;
+            for step in &plan.steps {
+                files.extend(step.target_files.iter().cloned());
+            }
+            files.sort();
+            files.dedup();
+            let description =
+                format!("repair iteration {iteration}: make the build and tests pass");
+            if !self
+                .generate_step(
+                    &client,
+                    &plan,
+                    iteration,
+                    total,
+                    &description,
+                    &files,
+                    Some(&feedback),
+                )
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        let files_changed = self.changed_files().await.len() as u32;
+        self.emit(vec![Event::ExecutionCompleted {
+            iteration,
+            files_changed,
+        }])
+        .await
+    }
+
+    fn step_done(&self, iteration: u32, index: u32) -> bool {
+        self.events.iter().filter_map(|e| e.event().ok()).any(|e| {
+            matches!(e, Event::StepCompleted { iteration: i, index: x } if i == iteration && x == index)
+        }) && self.feature.iteration == iteration
+    }
+
+    /// Files that differ from the commit the feature started from.
+    async fn changed_files(&self) -> Vec<String> {
+        let base = self.last(|e| match e {
+            Event::RepositoryCloneCompleted { head_sha, .. } => Some(head_sha),
+            _ => None,
+        });
+        let Some(base) = base else { return vec![] };
+        match self.w.git.changed_files(&self.workdir(), &base).await {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(feature = %self.feature.id, error = %e, "could not list changed files");
+                vec![]
+            }
+        }
+    }
+
+    /// Asks for edits and applies them; an edit that does not apply goes back to the model
+    /// once with the precise error. Returns false when the feature failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn generate_step(
+        &mut self,
+        client: &LlmClient,
+        plan: &builder_llm::Plan,
+        iteration: u32,
+        index: u32,
+        description: &str,
+        files: &[String],
+        feedback: Option<&str>,
+    ) -> Result<bool, StepError> {
+        self.emit(vec![Event::StepStarted {
+            iteration,
+            index,
+            description: description.to_string(),
+        }])
+        .await?;
+        let request = self.request();
+        let mut feedback = feedback.map(str::to_string);
+        let mut last_error = String::new();
+        for _attempt in 0..2 {
+            let sources = self.read_sources(files).await;
+            let edits = match self
+                .call(
+                    "GenerateEdits",
+                    client.generate(&request, plan, index, &sources, feedback.as_deref()),
+                )
+                .await?
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    let reason = format!("the LLM could not generate edits: {e}");
+                    let retryable = e.is_transient();
+                    self.emit(vec![Event::StepFailed {
+                        iteration,
+                        index,
+                        reason: reason.clone(),
+                    }])
+                    .await?;
+                    self.fail(
+                        Some(Event::ExecutionFailed {
+                            iteration,
+                            reason: reason.clone(),
+                        }),
+                        ErrorCode::GenerationFailed,
+                        reason,
+                        "",
+                        retryable,
+                    )
+                    .await?;
+                    return Ok(false);
+                }
+            };
+            let forbidden: Vec<String> = edits
+                .edits
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| !self.feature.spec.path_allowed(p))
+                .collect();
+            let touched: Vec<String> = edits.edits.iter().map(|e| e.path.clone()).collect();
+            self.emit(vec![Event::CodeChangeGenerated {
+                iteration,
+                index,
+                summary: edits.summary.clone(),
+                files: touched,
+                edit_count: edits.edits.len() as u32,
+            }])
+            .await?;
+            if !forbidden.is_empty() {
+                last_error = format!(
+                    "edits to paths outside the allowed paths are refused: {}",
+                    forbidden.join(", ")
+                );
+                feedback = Some(last_error.clone());
+                continue;
+            }
+            match builder_llm::apply_edits(&self.workdir(), &edits.edits) {
+                Ok(applied) => {
+                    let mut events: Vec<Event> = applied
+                        .into_iter()
+                        .map(|a| Event::FileModified {
+                            path: a.path,
+                            action: a.action.as_str().to_string(),
+                            before_sha256: a.before_sha256,
+                            after_sha256: a.after_sha256,
+                        })
+                        .collect();
+                    events.push(Event::StepCompleted { iteration, index });
+                    self.emit(events).await?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    last_error = format!("the edits did not apply: {e}");
+                    feedback = Some(format!(
+                        "{}\n\nYour previous edits did not apply: {e}",
+                        feedback.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        self.emit(vec![Event::StepFailed {
+            iteration,
+            index,
+            reason: last_error.clone(),
+        }])
+        .await?;
+        self.fail(
+            Some(Event::ExecutionFailed {
+                iteration,
+                reason: last_error.clone(),
+            }),
+            ErrorCode::GenerationFailed,
+            last_error,
+            "",
+            true,
+        )
+        .await?;
+        Ok(false)
+    }
+
+    /// Current content of the files the model will edit (missing files are simply absent).
+    async fn read_sources(&self, files: &[String]) -> Vec<builder_llm::SourceFile> {
+        let root = self.workdir();
+        let mut out = Vec::new();
+        for rel in files {
+            let Some(path) = safe_join(&root, rel) else {
+                continue;
+            };
+            // A symlinked file or parent directory could point anywhere on the host.
+            let (Ok(real), Ok(real_root)) = (
+                tokio::fs::canonicalize(&path).await,
+                tokio::fs::canonicalize(&root).await,
+            ) else {
+                continue;
+            };
+            if !real.starts_with(&real_root) || real != real_root.join(rel) {
+                continue;
+            }
+            match tokio::fs::symlink_metadata(&path).await {
+                Ok(meta) if meta.is_file() && meta.len() <= 256 * 1024 => {}
+                _ => continue,
+            }
+            if let Ok(content) = tokio::fs::read_to_string(&path).await {
+                out.push(builder_llm::SourceFile {
+                    path: rel.clone(),
+                    content,
+                });
+            }
+        }
+        out
+    }
+
+    // ---------------------------------------------------------------- verification
+
+    async fn verify(&mut self, iteration: u32) -> Result<(), StepError> {
+        if self.feature.state == FeatureState::Executing {
+            self.emit(vec![Event::VerificationStarted { iteration }])
+                .await?;
+        }
+        let (build, test) = self
+            .last(|e| match e {
+                Event::CodebaseAnalyzed {
+                    build_command,
+                    test_command,
+                    ..
+                } => Some((build_command, test_command)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let Some(test) = test else {
+            let reason = "no test command was detected or declared, so the change cannot be verified; declare one in .builder.toml ([commands] test = \"…\") or the repository's test_command property".to_string();
+            return self
+                .fail(
+                    Some(Event::VerificationFailed {
+                        iteration,
+                        reason: reason.clone(),
+                        output: String::new(),
+                    }),
+                    ErrorCode::TestFailed,
+                    reason,
+                    "",
+                    false,
+                )
+                .await;
+        };
+        self.emit(vec![Event::SandboxCreated {
+            runtime: self.w.sandbox.name().to_string(),
+            enforced_limits: self.enforced_limits(),
+        }])
+        .await?;
+
+        let mut failure: Option<(String, String)> = None;
+        if let Some(build) = build {
+            self.emit(vec![Event::BuildStarted {
+                command: build.clone(),
+            }])
+            .await?;
+            let out = self.sandboxed(&build).await?;
+            self.write_artifact(&format!("build-{iteration}.log"), out.output.as_bytes())
+                .await;
+            let success = out.success();
+            self.emit(vec![Event::BuildCompleted {
+                command: build.clone(),
+                success,
+                exit_code: out.exit_code,
+                timed_out: out.timed_out,
+                duration_ms: out.duration.as_millis() as u64,
+                output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
+            }])
+            .await?;
+            if !success {
+                let why = if out.timed_out {
+                    "the build timed out"
+                } else {
+                    "the build failed"
+                };
+                failure = Some((why.to_string(), tail(&out.output, EVENT_OUTPUT_BYTES)));
+            }
+        }
+        let mut test_summary = String::new();
+        if failure.is_none() {
+            self.emit(vec![Event::TestsStarted {
+                command: test.clone(),
+            }])
+            .await?;
+            let out = self.sandboxed(&test).await?;
+            self.write_artifact(&format!("tests-{iteration}.log"), out.output.as_bytes())
+                .await;
+            let framework = framework_of(&test);
+            let counts =
+                builder_sandbox::parse_test_counts(framework, &out.output).unwrap_or_default();
+            // Zero tests executed is not a pass, whatever the exit code says.
+            let success = out.success() && counts.failed == 0 && counts.executed() > 0;
+            self.emit(vec![Event::TestsCompleted {
+                command: test.clone(),
+                success,
+                exit_code: out.exit_code,
+                timed_out: out.timed_out,
+                passed: counts.passed,
+                failed: counts.failed,
+                ignored: counts.ignored,
+                duration_ms: out.duration.as_millis() as u64,
+                output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
+            }])
+            .await?;
+            test_summary = format!(
+                "{} passed, {} failed, {} ignored",
+                counts.passed, counts.failed, counts.ignored
+            );
+            if !success {
+                let why = if out.timed_out {
+                    "the tests timed out".to_string()
+                } else if counts.executed() == 0 && out.success() {
+                    "no test was executed".to_string()
+                } else {
+                    format!("the tests failed ({test_summary})")
+                };
+                failure = Some((why, tail(&out.output, EVENT_OUTPUT_BYTES)));
+            }
+        }
+        self.emit(vec![Event::SandboxDestroyed {}]).await?;
+        if let Some((reason, output)) = failure {
+            return self
+                .emit(vec![Event::VerificationFailed {
+                    iteration,
+                    reason,
+                    output,
+                }])
+                .await;
+        }
+
+        // A review of the diff against the request before anything leaves the machine.
+        let client = match self.llm() {
+            Ok(c) => c,
+            Err(why) => return self.fail(None, ErrorCode::Internal, why, "", true).await,
+        };
+        let diff = self.diff().await;
+        let request = self.request();
+        match self
+            .call(
+                "ValidateChange",
+                client.validate(&request, &diff, &test_summary),
+            )
+            .await?
+        {
+            Ok(review) if review.approved => {
+                self.emit(vec![Event::VerificationPassed {
+                    iteration,
+                    summary: test_summary,
+                }])
+                .await
+            }
+            Ok(review) => {
+                let reason = format!(
+                    "the review asked for changes: {}",
+                    review.reasons.join("; ")
+                );
+                self.emit(vec![Event::VerificationFailed {
+                    iteration,
+                    reason,
+                    output: review.reasons.join("\n"),
+                }])
+                .await
+            }
+            Err(e) => {
+                let reason = format!("the LLM could not review the change: {e}");
+                let retryable = e.is_transient();
+                self.fail(None, ErrorCode::GenerationFailed, reason, "", retryable)
+                    .await
+            }
+        }
+    }
+
+    fn enforced_limits(&self) -> Vec<String> {
+        vec![format!(
+            "timeout {}s",
+            self.w.config.sandbox_timeout.as_secs()
+        )]
+    }
+
+    async fn sandboxed(&self, command: &str) -> Result<ExecOutcome, StepError> {
+        let workdir = self.workdir();
+        let mut spec = CommandSpec::new(&workdir, command);
+        spec.limits = SandboxLimits {
+            timeout: self.w.config.sandbox_timeout,
+            max_output_bytes: self.w.config.max_output_bytes,
+            memory_mb: self.w.config.sandbox_memory_mb,
+            cpu: self.w.config.sandbox_cpu,
+        };
+        self.w
+            .sandbox
+            .run(&spec)
+            .await
+            .map_err(|e| StepError::Infrastructure(format!("sandbox: {e}")))
+    }
+
+    async fn diff(&self) -> String {
+        let base = self.last(|e| match e {
+            Event::RepositoryCloneCompleted { head_sha, .. } => Some(head_sha),
+            _ => None,
+        });
+        let Some(base) = base else {
+            return String::new();
+        };
+        self.w
+            .git
+            .worktree_diff(&self.workdir(), &base)
+            .await
+            .unwrap_or_else(|e| format!("(diff unavailable: {e})"))
+    }
+
+    async fn repair(&mut self, iteration: u32) -> Result<(), StepError> {
+        let reason = self.feature.last_failure.clone().unwrap_or_default();
+        let first_line = reason
+            .lines()
+            .next()
+            .unwrap_or("verification failed")
+            .to_string();
+        self.emit(vec![
+            Event::IterationCompleted {
+                iteration: iteration - 1,
+                outcome: "failed".into(),
+            },
+            Event::IterationStarted {
+                iteration,
+                reason: first_line,
+            },
+        ])
+        .await
+    }
+
+    async fn give_up(&mut self) -> Result<(), StepError> {
+        let failure = self.feature.last_failure.clone().unwrap_or_default();
+        let code = if self
+            .last(|e| match e {
+                Event::BuildCompleted { success, .. } => Some(success),
+                _ => None,
+            })
+            .is_some_and(|s| !s)
+        {
+            ErrorCode::BuildFailed
+        } else {
+            ErrorCode::TestFailed
+        };
+        let attempts = self.feature.iteration;
+        self.fail(
+            None,
+            code,
+            format!(
+                "verification still failed after {attempts} attempt(s): {}",
+                failure.lines().next().unwrap_or("")
+            ),
+            failure,
+            true,
+        )
+        .await
+    }
+
+    // ---------------------------------------------------------------- delivery
+
+    async fn deliver(&mut self) -> Result<(), StepError> {
+        let workdir = self.workdir();
+        let repo = match self
+            .w
+            .store
+            .get_repository(self.feature.spec.repository_id)
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return self
+                    .fail(
+                        None,
+                        ErrorCode::InvalidInput,
+                        "the repository was deleted",
+                        "",
+                        false,
+                    )
+                    .await;
+            }
+            Err(e) => return Err(StepError::Infrastructure(e.to_string())),
+        };
+        let branch = self.feature.feature_branch.clone();
+        let base = self
+            .last(|e| match e {
+                Event::RepositoryCloneCompleted { head_sha, .. } => Some(head_sha),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let branch_recorded = self
+            .last(|e| matches!(e, Event::BranchCreated { .. }).then_some(()))
+            .is_some();
+        if !branch_recorded {
+            if let Err(e) = self.w.git.checkout_new_branch(&workdir, &branch).await {
+                let reason = format!("creating branch {branch} failed: {e}");
+                return self
+                    .fail(None, ErrorCode::PushFailed, reason, "", false)
+                    .await;
+            }
+            self.emit(vec![Event::BranchCreated {
+                branch: branch.clone(),
+                base_sha: base.clone(),
+            }])
+            .await?;
+        }
+        let sha = match self.feature.commit_sha.clone() {
+            Some(sha) => sha,
+            None => {
+                match self.w.git.has_changes(&workdir).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self
+                            .fail(
+                                None,
+                                ErrorCode::GenerationFailed,
+                                "the change is empty: nothing to commit",
+                                "",
+                                true,
+                            )
+                            .await;
+                    }
+                    Err(e) => return Err(StepError::Infrastructure(format!("git status: {e}"))),
+                }
+                let message = self.commit_message();
+                let sha = match self.w.git.commit_all(&workdir, &message).await {
+                    Ok(sha) => sha,
+                    Err(e) => {
+                        return self
+                            .fail(
+                                None,
+                                ErrorCode::Internal,
+                                format!("commit failed: {e}"),
+                                "",
+                                true,
+                            )
+                            .await;
+                    }
+                };
+                let stats = self
+                    .w
+                    .git
+                    .diff_stats(&workdir, &base, &sha)
+                    .await
+                    .unwrap_or_default();
+                self.emit(vec![Event::CommitCreated {
+                    sha: sha.clone(),
+                    message: message.lines().next().unwrap_or("").to_string(),
+                    files_changed: stats.files_changed as u32,
+                    lines_added: stats.lines_added as u32,
+                    lines_removed: stats.lines_removed as u32,
+                }])
+                .await?;
+                sha
+            }
+        };
+        if let Ok(patch) = self.w.git.diff_patch(&workdir, &base, &sha).await {
+            self.write_artifact("change.patch", patch.as_bytes()).await;
+        }
+        if !self.feature.pushed {
+            let credential = match self.credential().await {
+                Ok(c) => c,
+                Err(reason) => {
+                    return self
+                        .fail(None, ErrorCode::RepositoryAccess, reason, "", false)
+                        .await;
+                }
+            };
+            self.emit(vec![Event::PushStarted {
+                branch: branch.clone(),
+                sha: sha.clone(),
+            }])
+            .await?;
+            // Look before acting: a push that landed before a crash is not repeated.
+            let already = matches!(self.w.git.remote_branch_sha(&repo.url, &branch, &credential).await, Ok(Some(ref remote)) if remote == &sha);
+            if !already
+                && let Err(e) = self
+                    .w
+                    .git
+                    .push_branch(&workdir, &repo.url, &branch, &credential)
+                    .await
+            {
+                let reason = format!("pushing {branch} failed: {e}");
+                let retryable = e.is_transient();
+                return self
+                    .fail(
+                        Some(Event::PushFailed {
+                            branch,
+                            reason: reason.clone(),
+                            retryable,
+                        }),
+                        ErrorCode::PushFailed,
+                        reason,
+                        "",
+                        retryable,
+                    )
+                    .await;
+            }
+            self.emit(vec![Event::PushCompleted {
+                branch: branch.clone(),
+                sha: sha.clone(),
+                already_present: already,
+            }])
+            .await?;
+        }
+        let stats = self
+            .w
+            .git
+            .diff_stats(&workdir, &base, &sha)
+            .await
+            .unwrap_or_default();
+        let summary = self
+            .feature
+            .plan
+            .as_ref()
+            .map(|p| p.summary.clone())
+            .unwrap_or_default();
+        let patch = self.w.artifacts_dir(self.feature.id).join("change.patch");
+        let result = DeliveryResult {
+            branch_name: branch,
+            commit_sha: sha,
+            commit_count: 1,
+            files_changed: stats.files_changed as u32,
+            lines_added: stats.lines_added as u32,
+            lines_removed: stats.lines_removed as u32,
+            patch_url: if patch.exists() {
+                patch.display().to_string()
+            } else {
+                String::new()
+            },
+            pull_request_url: self.feature.pull_request_url.clone().unwrap_or_default(),
+            summary,
+        };
+        self.emit(vec![Event::FeatureDelivered { result }]).await
+    }
+
+    fn commit_message(&self) -> String {
+        let spec = &self.feature.spec;
+        let mut msg = format!("{}\n\n{}\n", spec.title, spec.description.trim());
+        if let Some(plan) = &self.feature.plan {
+            msg.push_str("\nPlan:\n");
+            for s in &plan.steps {
+                msg.push_str(&format!("- {}\n", s.description));
+            }
+        }
+        msg.push_str(&format!("\nFeature-Execution: {}\n", self.feature.id));
+        msg
+    }
+
+    async fn write_artifact(&self, name: &str, bytes: &[u8]) {
+        let dir = self.w.artifacts_dir(self.feature.id);
+        let result = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(dir.join(name), bytes).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(feature = %self.feature.id, artifact = name, error = %e, "could not write artifact");
+        }
+    }
+}
+
+fn framework_of(command: &str) -> TestFramework {
+    let c = command.to_ascii_lowercase();
+    if c.contains("cargo") {
+        TestFramework::Cargo
+    } else if c.contains("pytest") {
+        TestFramework::Pytest
+    } else if c.contains("go test") {
+        TestFramework::Go
+    } else if c.contains("npm")
+        || c.contains("node")
+        || c.contains("jest")
+        || c.contains("vitest")
+        || c.contains("mocha")
+    {
+        TestFramework::Npm
+    } else {
+        TestFramework::Unknown
+    }
+}
+
+/// `root/rel` when `rel` stays inside `root` lexically; symlinks are refused by the caller.
+fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return None;
+    }
+    if p.components()
+        .next()
+        .is_some_and(|c| c.as_os_str() == ".git")
+    {
+        return None;
+    }
+    Some(root.join(p))
+}
