@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut FeatureSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut FeatureSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.title = "  ".into()), "spec.title"),
             (Box::new(|s| s.title = "x".repeat(256)), "spec.title"),
             (

@@ -1,0 +1,715 @@
+//! End-to-end: the real `builder serve` binary on a temporary data directory, a real git
+//! repository over smart HTTP with basic auth (`git http-backend`), the real BAML sidecar,
+//! the real bubblewrap sandbox running pytest, and the scripted LLM as the only stand-in.
+
+use builder_testkit::{GitHttpServer, make_bare_repo, read_branch_file};
+use llm_script_server::{Entry, Running, Script};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_builder");
+const GIT_USER: &str = "alice";
+const GIT_PASSWORD: &str = "pw-e2e-Zq81xKcV";
+const LLM_KEY: &str = "sk-e2e-key-7Hn2LmQp";
+
+const CALC: &str = "def add(a, b):\n    return a + b\n";
+const TEST_CALC: &str = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n";
+
+const ANALYSIS: &str = r#"{"summary": "add greet to calc.py", "affected_files": ["calc.py"], "risks": [], "acceptance_interpretation": ["greet('Bob') == 'Hello, Bob!'"]}"#;
+const PLAN: &str = r#"{"summary": "add greet and its test", "steps": [{"index": 0, "description": "add greet(name) to calc.py with a test", "step_type": "MODIFY_FILE", "target_files": ["calc.py", "tests/test_greet.py"], "dependencies": []}], "affected_files": ["calc.py", "tests/test_greet.py"]}"#;
+const WRONG_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return 'Hi ' + name\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
+const FIX_EDIT: &str = r#"{"summary": "fix the greeting", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "    return 'Hi ' + name", "replace": "    return f'Hello, {name}!'"}]}"#;
+const APPROVE: &str = r#"{"approved": true, "reasons": ["greet matches the criteria"]}"#;
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server(env: &[(&str, String)]) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = data.path().join("serve.log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("BUILDER_DATA_DIR", data.path().join("data"))
+        .env("SERVICE_PORT", port.to_string())
+        .env("SANDBOX_TIMEOUT_SECONDS", "120")
+        .env("LOG_LEVEL", "info,builder_llm=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for var in ["PYENV_ROOT", "PYENV_VERSION", "CARGO_HOME", "RUSTUP_HOME"] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawning builder serve");
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+        _data: data,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(out) = Command::new("curl")
+            .args(["-sf", &format!("{}/health", server.url)])
+            .output()
+        {
+            if out.status.success() {
+                return server;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "builder did not become healthy:\n{}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn llm_env(llm: &Running) -> Vec<(&'static str, String)> {
+    vec![
+        ("BAML_CLIENT_PROVIDER", "openai".into()),
+        ("BAML_CLIENT_MODEL", "scripted-model".into()),
+        ("BAML_CLIENT_API_KEY", LLM_KEY.into()),
+        ("BAML_CLIENT_BASE_URL", llm.openai_base_url()),
+    ]
+}
+
+/// A Connect unary call with JSON, exactly as curl would make it.
+fn call(server: &Server, method: &str, body: Value) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("{}/{method}", server.url))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn cli(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("BUILDER_SERVER", &server.url)
+        .output()
+        .unwrap()
+}
+
+fn register(server: &Server, git: &GitHttpServer, password: &str) -> String {
+    let (code, body) = call(
+        server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({
+            "name": format!("app-{}", free_port()),
+            "url": git.url("app.git"),
+            "credential": {"type": "BASIC", "username": GIT_USER, "password": password},
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["repository"]["defaultBranch"], "main",
+        "default branch detected over smart HTTP"
+    );
+    assert_eq!(body["repository"]["hasCredentials"], true);
+    assert!(!body.to_string().contains(password));
+    body["repository"]["id"].as_str().unwrap().to_string()
+}
+
+fn events(server: &Server, id: &str) -> Vec<Value> {
+    let out = cli(server, &["feature", "events", id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_gapless(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["sequenceNumber"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok()),
+            Some(i as u64 + 1),
+            "gap or reordering at {i}: {e}"
+        );
+    }
+}
+
+fn wait_terminal(server: &Server, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, body) = call(
+            server,
+            "builder.feature.v1.FeatureService/Get",
+            json!({"id": id}),
+        );
+        assert_eq!(code, 200, "{body}");
+        let state = body["execution"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if matches!(state.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
+            return body["execution"].clone();
+        }
+        assert!(Instant::now() < deadline, "feature {id} still {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// No secret of the test anywhere it could leak: events, the server's log, its data dir.
+fn assert_no_secrets(server: &Server, events: &[Value]) {
+    let all = serde_json::to_string(events).unwrap();
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    for secret in [GIT_PASSWORD, LLM_KEY] {
+        assert!(!all.contains(secret), "secret in events");
+        assert!(!log.contains(secret), "secret in the server log");
+    }
+    let out = Command::new("grep")
+        .args(["-r", "-l", "-a", "-e", GIT_PASSWORD, "-e", LLM_KEY])
+        .arg(server._data.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "secret in files: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn repo_fixture() -> (tempfile::TempDir, PathBuf, GitHttpServer) {
+    let root = tempfile::tempdir().unwrap();
+    let bare = make_bare_repo(
+        root.path(),
+        "app",
+        &[("calc.py", CALC), ("tests/test_calc.py", TEST_CALC)],
+    )
+    .unwrap();
+    let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
+    (root, bare, git)
+}
+
+fn create(server: &Server, repo_id: &str) -> String {
+    let (code, body) = call(
+        server,
+        "builder.feature.v1.FeatureService/Create",
+        json!({"spec": {
+            "title": "Add a greeting",
+            "description": "Add greet(name) to calc.py returning 'Hello, <name>!' with a test.",
+            "repositoryId": repo_id,
+            "acceptanceCriteria": ["greet('Bob') returns 'Hello, Bob!'"],
+            "pathHints": ["calc.py"],
+        }}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["execution"]["state"], "PENDING");
+    body["execution"]["id"].as_str().unwrap().to_string()
+}
+
+async fn delivers_with_a_repair(database_url: Option<String>) {
+    let (_root, bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(FIX_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let mut env = llm_env(&llm);
+    if let Some(url) = database_url {
+        env.push(("DATABASE_URL", url));
+        env.push(("DO_DATABASE_MIGRATE", "true".into()));
+    }
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+
+    // The CLI submits and watches; it exits 0 only on delivery.
+    let out = cli(
+        &server,
+        &[
+            "feature",
+            "create",
+            "--repo",
+            &repo_id,
+            "--title",
+            "Add a greeting",
+            "--description",
+            "Add greet(name) to calc.py returning 'Hello, <name>!' with a test.",
+            "--criterion",
+            "greet('Bob') returns 'Hello, Bob!'",
+            "--path-hint",
+            "calc.py",
+            "--watch",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "watch failed\n{stdout}\n{stderr}\nserver log:\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    assert!(
+        stdout.contains("iteration.started") && stdout.contains("feature.delivered"),
+        "{stdout}"
+    );
+    let id = stderr.split_whitespace().nth(1).unwrap().to_string();
+
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    let t = types(&events);
+    assert_eq!(t.first().map(String::as_str), Some("feature.requested"));
+    assert_eq!(t.last().map(String::as_str), Some("feature.delivered"));
+    for expected in [
+        "repository.clone.completed",
+        "codebase.analyzed",
+        "plan.generated",
+        "file.modified",
+        "sandbox.created",
+        "tests.completed",
+        "verification.failed",
+        "iteration.started",
+        "verification.passed",
+        "commit.created",
+        "push.completed",
+    ] {
+        assert!(
+            t.iter().any(|x| x == expected),
+            "missing {expected} in {t:?}"
+        );
+    }
+    let tests: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tests.completed")
+        .collect();
+    assert_eq!(tests.len(), 2, "one failing run, one passing run");
+    assert_eq!(tests[0]["payload"]["success"], false);
+    assert!(tests[0]["payload"]["failed"].as_f64().unwrap() >= 1.0);
+    assert!(
+        tests[0]["payload"]["outputTail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Hello, Bob!")
+            || tests[0]["payload"]["output_tail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Hello, Bob!")
+    );
+    assert_eq!(tests[1]["payload"]["success"], true);
+    assert_eq!(tests[1]["payload"]["passed"].as_f64(), Some(2.0));
+
+    // The repair prompt carried the real pytest output.
+    let repair_prompt = llm
+        .requests()
+        .iter()
+        .filter(|r| r.body.to_string().contains("Task: GenerateEdits"))
+        .nth(1)
+        .map(|r| r.body.to_string())
+        .expect("a second GenerateEdits call");
+    assert!(
+        repair_prompt.contains("Hello, Bob!") && repair_prompt.contains("Hi Bob"),
+        "repair prompt lacks the test output"
+    );
+    // The key reached the provider per request.
+    assert!(llm.requests().iter().all(|r| r.headers.iter().any(
+        |(k, v)| k == "authorization" && v.contains(&llm_script_server::fingerprint(LLM_KEY))
+    )));
+
+    let execution = wait_terminal(&server, &id, Duration::from_secs(5));
+    assert_eq!(execution["state"], "COMPLETED");
+    let branch = execution["result"]["branchName"].as_str().unwrap();
+    let sha = execution["result"]["commitSha"].as_str().unwrap();
+    let calc = read_branch_file(&bare, branch, "calc.py").expect("the branch was pushed");
+    assert!(calc.contains("return f'Hello, {name}!'"), "{calc}");
+    assert!(read_branch_file(&bare, branch, "tests/test_greet.py").is_some());
+    let remote_sha = Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args(["rev-parse", branch])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&remote_sha.stdout).trim(), sha);
+    assert!(
+        read_branch_file(&bare, "main", "tests/test_greet.py").is_none(),
+        "main is untouched"
+    );
+    assert_no_secrets(&server, &events);
+
+    // Artifacts: the patch and the logs of both test runs.
+    let (code, arts) = call(
+        &server,
+        "builder.feature.v1.FeatureService/GetArtifacts",
+        json!({"featureExecutionId": id}),
+    );
+    assert_eq!(code, 200);
+    let names: Vec<&str> = arts["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"change.patch")
+            && names.contains(&"tests-1.log")
+            && names.contains(&"tests-2.log"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_with_a_repair_on_sqlite() {
+    delivers_with_a_repair(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_with_a_repair_on_postgres() {
+    let base = std::env::var("BUILDER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into());
+    let db = format!("builder_e2e_{}", uuid::Uuid::now_v7().simple());
+    let admin = |sql: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {} (is PostgreSQL running on 127.0.0.1:5432?)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    admin(&format!("CREATE DATABASE {db}"));
+    let url = base.replace("/postgres?", &format!("/{db}?"));
+    delivers_with_a_repair(Some(url)).await;
+    admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_that_keeps_failing_ends_in_feature_failed_with_the_output() {
+    let (_root, _bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
+        // The "repair" changes nothing that matters.
+        Entry::text(r#"{"summary": "noop", "edits": [{"path": "notes.txt", "action": "CREATE", "content": "tried\n"}]}"#).when_contains("Task: GenerateEdits"),
+    ]))
+    .await
+    .unwrap();
+    let mut env = llm_env(&llm);
+    env.push(("BUILDER_MAX_REPAIR_ITERATIONS", "1".into()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "FAILED", "{execution}");
+    assert_eq!(execution["error"]["code"], "TEST_FAILED");
+    assert!(
+        execution["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("Hello, Bob!"),
+        "the test output is attached: {execution}"
+    );
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    let t = types(&events);
+    assert_eq!(t.iter().filter(|x| *x == "tests.completed").count(), 2);
+    assert_eq!(t.iter().filter(|x| *x == "iteration.started").count(), 1);
+    assert!(
+        !t.iter().any(|x| x.starts_with("push")),
+        "nothing is pushed"
+    );
+    assert_no_secrets(&server, &events);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_feature() {
+    let (_root, _bare, git) = repo_fixture();
+    // The model takes its time: the feature sits in the LLM call when we cancel.
+    let llm = llm_script_server::start(Script::new(vec![Entry::text(ANALYSIS).delay_ms(60_000)]))
+        .await
+        .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !types(&events(&server, &id))
+        .iter()
+        .any(|t| t == "llm.invocation.started")
+    {
+        assert!(Instant::now() < deadline, "never reached the LLM call");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let (code, body) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Cancel",
+        json!({"id": id, "reason": "changed my mind"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["execution"]["state"], "CANCELLED");
+    // Idempotent.
+    let (code, _) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Cancel",
+        json!({"id": id}),
+    );
+    assert_eq!(code, 200);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(5));
+    assert_eq!(execution["state"], "CANCELLED");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The worker stopped: no event after the cancellation, even after a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    assert_eq!(
+        types(&events).last().map(String::as_str),
+        Some("feature.cancelled")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_errors() {
+    let (_root, _bare, git) = repo_fixture();
+    // No LLM configured at all: the server still starts.
+    let server = start_server(&[]);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.contains("BAML_CLIENT_PROVIDER"),
+        "start-up says what to set: {log}"
+    );
+
+    let cases = [
+        (
+            "builder.repository.v1.RepositoryService/Register",
+            json!({"name": "", "url": "file:///x"}),
+            "name",
+        ),
+        (
+            "builder.repository.v1.RepositoryService/Register",
+            json!({"name": "x", "url": "https://u:p@host/x.git"}),
+            "url",
+        ),
+        (
+            "builder.repository.v1.RepositoryService/Register",
+            json!({"name": "x", "url": "ext::sh -c id"}),
+            "url",
+        ),
+        (
+            "builder.repository.v1.RepositoryService/Register",
+            json!({"name": "x", "url": "file:///x", "credential": {"type": "BASIC", "password": "p"}}),
+            "credential.username",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Create",
+            json!({}),
+            "spec",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Create",
+            json!({"spec": {"title": "", "description": "long enough text", "repositoryId": uuid::Uuid::now_v7().to_string()}}),
+            "spec.title",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Create",
+            json!({"spec": {"title": "t", "description": "short", "repositoryId": uuid::Uuid::now_v7().to_string()}}),
+            "spec.description",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Create",
+            json!({"spec": {"title": "t", "description": "long enough text", "repositoryId": "nope"}}),
+            "spec.repository_id",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Create",
+            json!({"spec": {"title": "t", "description": "long enough text", "repositoryId": uuid::Uuid::now_v7().to_string(), "constraints": {"maxSteps": 99}}}),
+            "spec.constraints.max_steps",
+        ),
+        (
+            "builder.feature.v1.FeatureService/Get",
+            json!({"id": "garbage"}),
+            "id",
+        ),
+    ];
+    for (method, body, field) in cases {
+        let (code, answer) = call(&server, method, body.clone());
+        assert_eq!(code, 400, "{method} {body} → {answer}");
+        assert_eq!(answer["code"], "invalid_argument", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().starts_with(field),
+            "{method}: {answer} should name {field}"
+        );
+    }
+    let (code, answer) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Get",
+        json!({"id": uuid::Uuid::now_v7().to_string()}),
+    );
+    assert_eq!((code, answer["code"].as_str()), (404, Some("not_found")));
+    // A body that is not JSON at all.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{not json",
+        ])
+        .arg(format!(
+            "{}/builder.feature.v1.FeatureService/Create",
+            server.url
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("400"), "{text}");
+
+    // A wrong credential: registration cannot detect the branch, and says so without the secret.
+    let wrong = "wrong-pw-Kk3";
+    let (code, answer) = call(
+        &server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({"name": "w", "url": git.url("app.git"), "credential": {"type": "BASIC", "username": GIT_USER, "password": wrong}}),
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert_eq!(answer["code"], "failed_precondition");
+    assert!(!answer.to_string().contains(wrong));
+
+    // With the branch given, the feature itself fails clearly at the clone.
+    let (code, answer) = call(
+        &server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({"name": "w", "url": git.url("app.git"), "defaultBranch": "main", "credential": {"type": "BASIC", "username": GIT_USER, "password": wrong}}),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let id = create(&server, answer["repository"]["id"].as_str().unwrap());
+    let execution = wait_terminal(&server, &id, Duration::from_secs(30));
+    assert_eq!(
+        execution["error"]["code"], "REPOSITORY_ACCESS",
+        "{execution}"
+    );
+    let events = events(&server, &id);
+    assert!(!serde_json::to_string(&events).unwrap().contains(wrong));
+    assert!(
+        !std::fs::read_to_string(&server.log)
+            .unwrap()
+            .contains(wrong)
+    );
+
+    // With a good credential but no LLM, the feature fails saying what to set.
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(30));
+    assert_eq!(execution["state"], "FAILED");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BAML_CLIENT_PROVIDER"),
+        "{execution}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_output_that_never_parses_fails_the_step_clearly() {
+    let (_root, _bare, git) = repo_fixture();
+    let garbage: Vec<Entry> = (0..3)
+        .map(|_| Entry::text("I'd rather write a poem.").when_contains("Task: AnalyzeFeature"))
+        .collect();
+    let llm = llm_script_server::start(Script::new(garbage))
+        .await
+        .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(60));
+    assert_eq!(execution["error"]["code"], "ANALYSIS_FAILED", "{execution}");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not parse"),
+        "{execution}"
+    );
+    assert_eq!(llm.requests().len(), 3, "retried, then gave up");
+    let _ = Path::new(".");
+}
