@@ -713,3 +713,80 @@ async fn llm_output_that_never_parses_fails_the_step_clearly() {
     assert_eq!(llm.requests().len(), 3, "retried, then gave up");
     let _ = Path::new(".");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_services_answer_grpc_and_connect_binary() {
+    use builder_api::proto::builder::feature::v1 as fp;
+    use builder_api::proto::builder::repository::v1 as rp;
+    use connectrpc::client::{ClientConfig, HttpClient};
+    let (_root, _bare, git) = repo_fixture();
+    let server = start_server(&[]);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let uri: http::Uri = server.url.parse().unwrap();
+
+    let grpc = rp::RepositoryServiceClient::new(
+        HttpClient::plaintext_http2_only(),
+        ClientConfig::new(uri.clone()).with_protocol(connectrpc::Protocol::Grpc),
+    );
+    let got = grpc
+        .get(rp::GetRequest {
+            id: repo_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(got.repository.as_option().unwrap().default_branch, "main");
+    let err = grpc
+        .get(rp::GetRequest {
+            id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("invalid_argument")
+            || err.to_string().to_lowercase().contains("invalid"),
+        "{err}"
+    );
+
+    let connect_binary =
+        fp::FeatureServiceClient::new(HttpClient::plaintext(), ClientConfig::new(uri).proto());
+    let err = connect_binary
+        .get(fp::GetRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_repository_ends_the_feature_with_a_clear_reason() {
+    let port = builder_testkit::closed_port().unwrap();
+    let server = start_server(&[]);
+    let (code, answer) = call(
+        &server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({"name": "gone", "url": format!("http://127.0.0.1:{port}/app.git"), "defaultBranch": "main",
+               "credential": {"type": "TOKEN", "token": "tok-unreachable-Q9"}}),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let id = create(&server, answer["repository"]["id"].as_str().unwrap());
+    let execution = wait_terminal(&server, &id, Duration::from_secs(60));
+    assert_eq!(
+        execution["error"]["code"], "REPOSITORY_ACCESS",
+        "{execution}"
+    );
+    assert_eq!(
+        execution["error"]["retryable"], true,
+        "a network failure is worth retrying: {execution}"
+    );
+    let events = events(&server, &id);
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains("tok-unreachable-Q9")
+    );
+}

@@ -139,9 +139,22 @@ impl Worker {
                 break;
             }
             tracing::info!(feature = %id, ?step, state = feature.state.as_str(), "running step");
+            let minutes = match feature.spec.constraints.timeout_minutes {
+                0 => builder_core::FeatureSpec::DEFAULT_TIMEOUT_MINUTES,
+                m => m,
+            };
+            let deadline = feature.created_at + chrono::Duration::minutes(i64::from(minutes));
+            let remaining = (deadline - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            let timed_out_feature = feature.clone();
             let outcome = tokio::select! {
                 r = steps::run(&self, feature, events, step.clone()) => r,
-                _ = rx.wait_for(|v| *v) => Err(StepError::Interrupted),
+                // The guard `wait_for` returns must not live across the timeout branch's await.
+                _ = async { let _ = rx.wait_for(|v| *v).await; } => Err(StepError::Interrupted),
+                _ = tokio::time::sleep(remaining) => {
+                    self.time_out(&timed_out_feature, minutes).await
+                }
             };
             match outcome {
                 Ok(()) => infrastructure_failures = 0,
@@ -173,6 +186,29 @@ impl Worker {
         if let Ok(mut running) = self.running.lock() {
             running.remove(&id);
         }
+    }
+
+    /// The whole feature ran past `constraints.timeout_minutes`: the running step was
+    /// dropped (killing its child processes) and the feature ends with TIMEOUT.
+    async fn time_out(&self, feature: &Feature, minutes: u32) -> Result<(), StepError> {
+        let error = builder_core::event::ExecutionError {
+            code: builder_core::event::ErrorCode::Timeout,
+            message: format!(
+                "the feature ran longer than its limit of {minutes} minute(s) (constraints.timeout_minutes)"
+            ),
+            details: String::new(),
+            retryable: true,
+            failed_step: feature.state.phase().to_string(),
+        };
+        builder_store::append_events(
+            &*self.store,
+            feature,
+            vec![builder_core::event::Event::FeatureFailed { error }],
+            None,
+            PRODUCER,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn load(&self, id: FeatureId) -> Result<Option<(Feature, Vec<EventEnvelope>)>, String> {
