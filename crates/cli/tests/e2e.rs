@@ -80,10 +80,9 @@ fn start_server(env: &[(&str, String)]) -> Server {
         if let Ok(out) = Command::new("curl")
             .args(["-sf", &format!("{}/health", server.url)])
             .output()
+            && out.status.success()
         {
-            if out.status.success() {
-                return server;
-            }
+            return server;
         }
         assert!(
             Instant::now() < deadline,
