@@ -27,7 +27,18 @@ struct Server {
     child: Child,
     url: String,
     log: PathBuf,
+    env: Vec<(&'static str, String)>,
     _data: tempfile::TempDir,
+}
+
+impl Server {
+    /// SIGKILL, then a new process on the same data directory (and a new port).
+    fn kill_and_restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().unwrap());
+        start_server_in(data, &self.env)
+    }
 }
 
 impl Drop for Server {
@@ -45,10 +56,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_server(env: &[(&str, String)]) -> Server {
-    let data = tempfile::tempdir().unwrap();
+fn start_server(env: &[(&'static str, String)]) -> Server {
+    start_server_in(tempfile::tempdir().unwrap(), env)
+}
+
+fn start_server_in(data: tempfile::TempDir, env: &[(&'static str, String)]) -> Server {
     let port = free_port();
-    let log = data.path().join("serve.log");
+    let log = data.path().join(format!("serve-{port}.log"));
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .env_clear()
@@ -73,6 +87,7 @@ fn start_server(env: &[(&str, String)]) -> Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
         log,
+        env: env.to_vec(),
         _data: data,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -230,7 +245,7 @@ fn assert_no_secrets(server: &Server, events: &[Value]) {
     }
     let out = Command::new("grep")
         .args(["-r", "-l", "-a", "-e", GIT_PASSWORD, "-e", LLM_KEY])
-        .arg(server._data.path().join("data"))
+        .arg(server._data.path())
         .output()
         .unwrap();
     assert!(
@@ -788,4 +803,147 @@ async fn an_unreachable_repository_ends_the_feature_with_a_clear_reason() {
             .unwrap()
             .contains("tok-unreachable-Q9")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_is_idempotent_and_retry_links_a_new_execution() {
+    let (_root, _bare, git) = repo_fixture();
+    // No LLM: features fail fast at analysis, which is what Retry needs.
+    let server = start_server(&[]);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let spec = json!({
+        "title": "Idempotent",
+        "description": "A request that a client sends twice.",
+        "repositoryId": repo_id,
+    });
+    let body = json!({"spec": spec, "idempotencyKey": "client-key-1", "correlationId": "corr-42"});
+    let (code, first) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Create",
+        body.clone(),
+    );
+    assert_eq!(code, 200, "{first}");
+    let (code, second) = call(&server, "builder.feature.v1.FeatureService/Create", body);
+    assert_eq!(code, 200, "{second}");
+    let id = first["execution"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        second["execution"]["id"],
+        id.as_str(),
+        "the same key gives the same execution"
+    );
+    let (code, other) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Create",
+        json!({"spec": {"title": "Something else", "description": "A different request, same key.", "repositoryId": repo_id},
+               "idempotencyKey": "client-key-1"}),
+    );
+    assert_eq!(
+        (code, other["code"].as_str()),
+        (409, Some("already_exists")),
+        "{other}"
+    );
+
+    let (code, found) = call(
+        &server,
+        "builder.feature.v1.FeatureService/GetByCorrelation",
+        json!({"correlationId": "corr-42"}),
+    );
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["execution"]["id"], id.as_str());
+
+    let failed = wait_terminal(&server, &id, Duration::from_secs(30));
+    assert_eq!(failed["state"], "FAILED");
+    let (code, retried) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Retry",
+        json!({"id": id}),
+    );
+    assert_eq!(code, 200, "{retried}");
+    let new_id = retried["execution"]["id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, id);
+    let (_, again) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Retry",
+        json!({"id": id}),
+    );
+    assert_eq!(
+        again["execution"]["id"],
+        new_id.as_str(),
+        "Retry is idempotent"
+    );
+    let first_event = &events(&server, &new_id)[0];
+    assert_eq!(first_event["payload"]["retry_of"], id.as_str());
+    let (code, refused) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Retry",
+        json!({"id": id, "fromStep": "verification"}),
+    );
+    assert_eq!(
+        (code, refused["code"].as_str()),
+        (501, Some("unimplemented")),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_resumes_the_feature_and_pushes_once() {
+    let (_root, bare, git) = repo_fixture();
+    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        // The review is slow the first time: the process dies while waiting for it.
+        Entry::text(APPROVE)
+            .when_contains("Task: ValidateChange")
+            .delay_ms(30_000),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !llm
+        .requests()
+        .iter()
+        .any(|r| r.body.to_string().contains("Task: ValidateChange"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never reached the review: {:?}",
+            types(&events(&server, &id))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let server = server.kill_and_restart();
+    let execution = wait_terminal(&server, &id, Duration::from_secs(90));
+    assert_eq!(execution["state"], "COMPLETED", "{execution}");
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    let t = types(&events);
+    assert_eq!(
+        t.iter().filter(|x| *x == "push.completed").count(),
+        1,
+        "{t:?}"
+    );
+    assert_eq!(
+        t.iter().filter(|x| *x == "commit.created").count(),
+        1,
+        "{t:?}"
+    );
+    let pushes = git
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("git-receive-pack"))
+        .count();
+    assert_eq!(pushes, 1, "pushed exactly once");
+    let branch = execution["result"]["branchName"].as_str().unwrap();
+    assert!(
+        read_branch_file(&bare, branch, "calc.py")
+            .unwrap()
+            .contains("Hello")
+    );
+    assert_no_secrets(&server, &events);
 }

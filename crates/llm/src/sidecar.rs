@@ -394,6 +394,17 @@ async fn launch(
         }
     }
     cmd.env("BAML_PASSWORD", &password);
+    // kill_on_drop does not run when builder itself is SIGKILLed; the kernel's parent-death
+    // signal does, so no orphaned sidecar keeps a port (and its password) open.
+    // SAFETY: prctl is async-signal-safe and touches only the forked child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             " (install it with `pip install baml-py==0.226.3`)"

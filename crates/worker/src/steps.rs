@@ -1104,56 +1104,89 @@ impl Run<'_> {
             }])
             .await?;
         }
-        let sha = match self.feature.commit_sha.clone() {
-            Some(sha) => sha,
-            None => {
-                match self.w.git.has_changes(&workdir).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return self
-                            .fail(
-                                None,
-                                ErrorCode::GenerationFailed,
-                                "the change is empty: nothing to commit",
-                                "",
-                                true,
-                            )
-                            .await;
+        let sha =
+            match self.feature.commit_sha.clone() {
+                Some(sha) => sha,
+                None => {
+                    // A crash between `git commit` and recording it leaves HEAD past the base:
+                    // only this feature commits in its working copy, so that commit is ours.
+                    let head =
+                        self.w.git.head_sha(&workdir).await.map_err(|e| {
+                            StepError::Infrastructure(format!("git rev-parse: {e}"))
+                        })?;
+                    let dirty = self
+                        .w
+                        .git
+                        .has_changes(&workdir)
+                        .await
+                        .map_err(|e| StepError::Infrastructure(format!("git status: {e}")))?;
+                    if head != base && !dirty {
+                        let stats = self
+                            .w
+                            .git
+                            .diff_stats(&workdir, &base, &head)
+                            .await
+                            .unwrap_or_default();
+                        self.emit(vec![Event::CommitCreated {
+                            sha: head.clone(),
+                            message: self.feature.spec.title.clone(),
+                            files_changed: stats.files_changed as u32,
+                            lines_added: stats.lines_added as u32,
+                            lines_removed: stats.lines_removed as u32,
+                        }])
+                        .await?;
+                        head
+                    } else {
+                        match self.w.git.has_changes(&workdir).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                return self
+                                    .fail(
+                                        None,
+                                        ErrorCode::GenerationFailed,
+                                        "the change is empty: nothing to commit",
+                                        "",
+                                        true,
+                                    )
+                                    .await;
+                            }
+                            Err(e) => {
+                                return Err(StepError::Infrastructure(format!("git status: {e}")));
+                            }
+                        }
+                        let message = self.commit_message();
+                        let sha = match self.w.git.commit_all(&workdir, &message).await {
+                            Ok(sha) => sha,
+                            Err(e) => {
+                                return self
+                                    .fail(
+                                        None,
+                                        ErrorCode::Internal,
+                                        format!("commit failed: {e}"),
+                                        "",
+                                        true,
+                                    )
+                                    .await;
+                            }
+                        };
+                        let stats = self
+                            .w
+                            .git
+                            .diff_stats(&workdir, &base, &sha)
+                            .await
+                            .unwrap_or_default();
+                        self.emit(vec![Event::CommitCreated {
+                            sha: sha.clone(),
+                            message: message.lines().next().unwrap_or("").to_string(),
+                            files_changed: stats.files_changed as u32,
+                            lines_added: stats.lines_added as u32,
+                            lines_removed: stats.lines_removed as u32,
+                        }])
+                        .await?;
+                        sha
                     }
-                    Err(e) => return Err(StepError::Infrastructure(format!("git status: {e}"))),
                 }
-                let message = self.commit_message();
-                let sha = match self.w.git.commit_all(&workdir, &message).await {
-                    Ok(sha) => sha,
-                    Err(e) => {
-                        return self
-                            .fail(
-                                None,
-                                ErrorCode::Internal,
-                                format!("commit failed: {e}"),
-                                "",
-                                true,
-                            )
-                            .await;
-                    }
-                };
-                let stats = self
-                    .w
-                    .git
-                    .diff_stats(&workdir, &base, &sha)
-                    .await
-                    .unwrap_or_default();
-                self.emit(vec![Event::CommitCreated {
-                    sha: sha.clone(),
-                    message: message.lines().next().unwrap_or("").to_string(),
-                    files_changed: stats.files_changed as u32,
-                    lines_added: stats.lines_added as u32,
-                    lines_removed: stats.lines_removed as u32,
-                }])
-                .await?;
-                sha
-            }
-        };
+            };
         if let Ok(patch) = self.w.git.diff_patch(&workdir, &base, &sha).await {
             self.write_artifact("change.patch", patch.as_bytes()).await;
         }
