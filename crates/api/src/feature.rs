@@ -85,6 +85,29 @@ impl FeatureApi {
                 "must differ from the target branch",
             ));
         }
+        // One writer per branch: a second active feature pushing the same branch would
+        // race the first and be rejected as a non-fast-forward at best.
+        let active = store
+            .search(&FeatureQuery {
+                repository_id: Some(repo.id),
+                states: vec![
+                    FeatureState::Pending,
+                    FeatureState::Analyzing,
+                    FeatureState::Planning,
+                    FeatureState::Executing,
+                    FeatureState::Verifying,
+                ],
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_error)?;
+        if let Some(owner) = active.iter().find(|f| f.feature_branch == feature_branch) {
+            return Err(ConnectError::failed_precondition(format!(
+                "spec.feature_branch: {feature_branch} is being written by active feature execution {}",
+                owner.id
+            )));
+        }
         let correlation_id = if correlation_id.is_empty() {
             id.to_string()
         } else {

@@ -531,6 +531,30 @@ async fn cancel_stops_a_running_feature() {
         assert!(Instant::now() < deadline, "never reached the LLM call");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // One writer per branch: while it runs, nobody else may claim its branch.
+    let (_, current) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Get",
+        json!({"id": id}),
+    );
+    let branch = current["execution"]["featureBranch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = json!({"spec": {"title": "Same branch", "description": "Wants to push the same branch at once.",
+                                 "repositoryId": repo_id, "featureBranch": branch}});
+    let (code, clash) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Create",
+        second.clone(),
+    );
+    assert_eq!(
+        (code, clash["code"].as_str()),
+        (400, Some("failed_precondition")),
+        "{clash}"
+    );
+    assert!(clash["message"].as_str().unwrap().contains(&id), "{clash}");
+
     let started = Instant::now();
     let (code, body) = call(
         &server,
@@ -557,6 +581,9 @@ async fn cancel_stops_a_running_feature() {
         types(&events).last().map(String::as_str),
         Some("feature.cancelled")
     );
+    // Once it ended, the branch is free again.
+    let (code, answer) = call(&server, "builder.feature.v1.FeatureService/Create", second);
+    assert_eq!(code, 200, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
