@@ -187,7 +187,11 @@ pub fn execution(f: &Feature) -> fp::FeatureExecution {
             total_steps,
             completed_steps: f.completed_steps,
             current_step: f.current_step.unwrap_or(0),
-            current_step_description: f.current_step_description.clone(),
+            // A wait for a shared slot is what the user most needs to see.
+            current_step_description: f
+                .waiting_for
+                .clone()
+                .unwrap_or_else(|| f.current_step_description.clone()),
             percent_complete: f.percent_complete(),
             iteration: f.iteration,
             ..Default::default()

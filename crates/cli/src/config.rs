@@ -23,6 +23,8 @@ pub struct Config {
     pub baml_src: Option<PathBuf>,
     pub baml_cli: PathBuf,
     pub keep_workspaces: bool,
+    pub max_concurrent_sandboxes: usize,
+    pub max_concurrent_llm_calls: usize,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -53,6 +55,14 @@ fn boolean(name: &str, default: bool) -> Result<bool> {
         Some("0" | "false" | "no" | "off") => Ok(false),
         Some(other) => bail!("{name}={other:?} is not a boolean (true/false)"),
     }
+}
+
+fn positive(name: &str, default: usize) -> Result<usize> {
+    let v: usize = parsed(name, default)?;
+    if v == 0 {
+        bail!("{name} must be at least 1");
+    }
+    Ok(v)
 }
 
 /// `$XDG_DATA_HOME/builder`, else `~/.local/share/builder`.
@@ -142,6 +152,8 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("baml-cli")),
             keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
+            max_concurrent_sandboxes: positive("BUILDER_MAX_CONCURRENT_SANDBOXES", 2)?,
+            max_concurrent_llm_calls: positive("BUILDER_MAX_CONCURRENT_LLM_CALLS", 16)?,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_json,
         })

@@ -196,6 +196,8 @@ pub async fn serve(config: Config) -> Result<()> {
             max_output_bytes: 4 * 1024 * 1024,
             context_max_bytes: 96 * 1024,
             keep_workspaces: config.keep_workspaces,
+            max_concurrent_sandboxes: config.max_concurrent_sandboxes,
+            max_concurrent_llm_calls: config.max_concurrent_llm_calls,
         },
     );
     let handler: Handler = {

@@ -825,6 +825,23 @@ async fn an_unreachable_repository_ends_the_feature_with_a_clear_reason() {
         "a network failure is worth retrying: {execution}"
     );
     let events = events(&server, &id);
+    let retries: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "step.retrying")
+        .collect();
+    assert_eq!(
+        retries.len(),
+        3,
+        "each transient failure is retried with backoff, visibly"
+    );
+    let delays: Vec<f64> = retries
+        .iter()
+        .map(|e| e["payload"]["delay_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        delays[0] < delays[1] && delays[1] < delays[2],
+        "exponential: {delays:?}"
+    );
     assert!(
         !serde_json::to_string(&events)
             .unwrap()
@@ -973,4 +990,66 @@ async fn a_killed_server_resumes_the_feature_and_pushes_once() {
             .contains("Hello")
     );
     assert_no_secrets(&server, &events);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_llm_slot_makes_features_wait_visibly() {
+    let (_root, _bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS)
+            .when_contains("Task: AnalyzeFeature")
+            .delay_ms(4_000),
+        Entry::text(ANALYSIS)
+            .when_contains("Task: AnalyzeFeature")
+            .delay_ms(4_000),
+    ]))
+    .await
+    .unwrap();
+    let mut env = llm_env(&llm);
+    env.push(("BUILDER_MAX_CONCURRENT_LLM_CALLS", "1".into()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let a = create(&server, &repo_id);
+    let b = create(&server, &repo_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (waiting, other) = loop {
+        let ta = types(&events(&server, &a));
+        let tb = types(&events(&server, &b));
+        if ta.iter().any(|t| t == "step.waiting") {
+            break (a.clone(), b.clone());
+        }
+        if tb.iter().any(|t| t == "step.waiting") {
+            break (b.clone(), a.clone());
+        }
+        assert!(Instant::now() < deadline, "nobody waited: {ta:?} {tb:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (_, got) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Get",
+        json!({"id": waiting}),
+    );
+    let shown = got["execution"]["progress"]["currentStepDescription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Either still waiting (shown in Get) or already past the wait.
+    let t = types(&events(&server, &waiting));
+    assert!(
+        shown.contains("waiting for a LLM slot")
+            || t.iter().filter(|x| *x == "llm.invocation.started").count() == 1,
+        "{got}"
+    );
+    assert!(
+        types(&events(&server, &other))
+            .iter()
+            .any(|t| t == "llm.invocation.started")
+    );
+    for id in [&a, &b] {
+        call(
+            &server,
+            "builder.feature.v1.FeatureService/Cancel",
+            json!({"id": id}),
+        );
+    }
 }

@@ -286,6 +286,18 @@ pub enum Event {
     #[serde(rename = "pull_request.opened")]
     PullRequestOpened { url: String, number: u64 },
 
+    /// The step waits for a shared resource (a sandbox slot, an LLM slot); users see why.
+    #[serde(rename = "step.waiting")]
+    StepWaiting { resource: String, detail: String },
+    /// A transient failure (network, rate limit) will be retried after `delay_ms`.
+    #[serde(rename = "step.retrying")]
+    StepRetrying {
+        step: String,
+        attempt: u32,
+        error: String,
+        delay_ms: u64,
+    },
+
     #[serde(rename = "feature.delivered")]
     FeatureDelivered { result: DeliveryResult },
     #[serde(rename = "feature.failed")]
@@ -489,6 +501,15 @@ impl Event {
             ),
             PushFailed { branch, reason, .. } => format!("push of {branch} failed: {reason}"),
             PullRequestOpened { url, .. } => format!("pull request opened: {url}"),
+            StepWaiting { detail, .. } => detail.clone(),
+            StepRetrying {
+                step,
+                attempt,
+                error,
+                delay_ms,
+            } => {
+                format!("{step}: attempt {attempt} failed ({error}); retrying in {delay_ms} ms")
+            }
             FeatureDelivered { result } => format!(
                 "delivered on {} at {}",
                 result.branch_name,

@@ -133,6 +133,9 @@ pub struct Feature {
     pub commit_sha: Option<String>,
     pub pushed: bool,
     pub pull_request_url: Option<String>,
+    /// Set while the current step waits for a shared resource.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
     pub error: Option<ExecutionError>,
     pub result: Option<DeliveryResult>,
     pub created_at: DateTime<Utc>,
@@ -206,6 +209,7 @@ impl Feature {
                     commit_sha: None,
                     pushed: false,
                     pull_request_url: None,
+                    waiting_for: None,
                     error: None,
                     result: None,
                     created_at: env.timestamp,
@@ -345,6 +349,8 @@ impl Feature {
         if self.state.is_terminal() {
             return Err(self.illegal(&event.event_type(), "the feature has ended"));
         }
+        // Any progress ends a wait; `step.waiting` sets it again below.
+        self.waiting_for = None;
         match event {
             FeatureRequested { .. } => {
                 return Err(self.illegal("feature.requested", "the feature already exists"));
@@ -585,6 +591,21 @@ impl Feature {
                 self.state = S::Completed;
                 self.result = Some(result.clone());
                 self.completed_at = Some(at);
+            }
+            StepWaiting { detail, .. } => {
+                self.require(
+                    self.state != S::Pending,
+                    event,
+                    "nothing runs before analysis starts",
+                )?;
+                self.waiting_for = Some(detail.clone());
+            }
+            StepRetrying { .. } => {
+                self.require(
+                    self.state != S::Pending,
+                    event,
+                    "nothing runs before analysis starts",
+                )?;
             }
             FeatureFailed { error } => {
                 self.state = S::Failed;

@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     pub context_max_bytes: usize,
     /// Keep working copies after a feature ends (for debugging).
     pub keep_workspaces: bool,
+    /// Builds/tests running at once across all features (back-pressure).
+    pub max_concurrent_sandboxes: usize,
+    /// LLM calls in flight at once across all features.
+    pub max_concurrent_llm_calls: usize,
 }
 
 /// The LLM as the worker sees it: either ready, or a clear statement of what is missing.
@@ -54,6 +58,8 @@ pub struct Worker {
     pub(crate) llm: Llm,
     pub(crate) sandbox: Arc<dyn SandboxRuntime>,
     pub(crate) config: WorkerConfig,
+    pub(crate) sandbox_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) llm_slots: Arc<tokio::sync::Semaphore>,
     running: Mutex<HashMap<FeatureId, watch::Sender<bool>>>,
 }
 
@@ -86,12 +92,20 @@ impl Worker {
         sandbox: Arc<dyn SandboxRuntime>,
         config: WorkerConfig,
     ) -> Arc<Worker> {
+        let sandbox_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_sandboxes.max(1),
+        ));
+        let llm_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_llm_calls.max(1),
+        ));
         Arc::new(Worker {
             store,
             git,
             llm,
             sandbox,
             config,
+            sandbox_slots,
+            llm_slots,
             running: Mutex::new(HashMap::new()),
         })
     }

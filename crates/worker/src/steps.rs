@@ -12,6 +12,15 @@ use builder_sandbox::{CommandSpec, ExecOutcome, SandboxLimits, TestFramework};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Attempts of a git network operation before a transient failure fails the feature.
+const MAX_ATTEMPTS: u32 = 4;
+
+#[derive(Clone, Copy)]
+enum Resource {
+    Sandbox,
+    Llm,
+}
+
 /// Output kept in events; the whole log goes to an artifact.
 const EVENT_OUTPUT_BYTES: usize = 8 * 1024;
 
@@ -94,6 +103,55 @@ impl Run<'_> {
         self.emit(events).await
     }
 
+    /// Waits for a shared slot; when none is free the wait itself is an event, so users
+    /// see why nothing moves.
+    async fn slot(
+        &mut self,
+        resource: Resource,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, StepError> {
+        let (semaphore, total, what) = match resource {
+            Resource::Sandbox => (
+                self.w.sandbox_slots.clone(),
+                self.w.config.max_concurrent_sandboxes,
+                "sandbox",
+            ),
+            Resource::Llm => (
+                self.w.llm_slots.clone(),
+                self.w.config.max_concurrent_llm_calls,
+                "LLM",
+            ),
+        };
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        self.emit(vec![Event::StepWaiting {
+            resource: what.to_lowercase(),
+            detail: format!("waiting for a {what} slot (all {total} in use)"),
+        }])
+        .await?;
+        semaphore
+            .acquire_owned()
+            .await
+            .map_err(|_| StepError::Infrastructure(format!("the {what} slots were closed")))
+    }
+
+    /// Records a transient failure and sleeps an exponential, jittered delay.
+    async fn backoff(&mut self, step: &str, attempt: u32, error: &str) -> Result<(), StepError> {
+        let base = 500u64 << (attempt - 1).min(5);
+        // Jitter from the random tail of a UUIDv7: spreads retries of many features.
+        let jitter = (uuid::Uuid::now_v7().as_u128() as u64) % (base / 2 + 1);
+        let delay_ms = base + jitter;
+        self.emit(vec![Event::StepRetrying {
+            step: step.to_string(),
+            attempt,
+            error: error.to_string(),
+            delay_ms,
+        }])
+        .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        Ok(())
+    }
+
     fn workdir(&self) -> PathBuf {
         self.w.workdir(self.feature.id)
     }
@@ -125,6 +183,7 @@ impl Run<'_> {
             Llm::Ready { settings, .. } => (settings.provider.clone(), settings.model.clone()),
             Llm::Unavailable(_) => (String::new(), String::new()),
         };
+        let _slot = self.slot(Resource::Llm).await?;
         self.emit(vec![Event::LlmInvocationStarted {
             function: function.into(),
             provider: provider.clone(),
@@ -237,12 +296,26 @@ impl Run<'_> {
         }])
         .await?;
         let clone_started = Instant::now();
-        let head = match self
-            .w
-            .git
-            .clone_repo(&repo.url, &workdir, Some(&target), &credential)
-            .await
-        {
+        let mut attempt = 0;
+        let head = loop {
+            attempt += 1;
+            let result = self
+                .w
+                .git
+                .clone_repo(&repo.url, &workdir, Some(&target), &credential)
+                .await;
+            match result {
+                Ok(head) => break Ok(head),
+                Err(e) if e.is_transient() && attempt < MAX_ATTEMPTS => {
+                    self.backoff("clone", attempt, &e.to_string()).await?;
+                    if tokio::fs::try_exists(&workdir).await.unwrap_or(false) {
+                        let _ = tokio::fs::remove_dir_all(&workdir).await;
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let head = match head {
             Ok(head) => head,
             Err(e) => {
                 let reason = format!("cloning the repository failed: {e}");
@@ -844,6 +917,7 @@ impl Run<'_> {
                 )
                 .await;
         };
+        let _slot = self.slot(Resource::Sandbox).await?;
         self.emit(vec![Event::SandboxCreated {
             runtime: self.w.sandbox.name().to_string(),
             enforced_limits: self.enforced_limits(),
@@ -1206,13 +1280,26 @@ impl Run<'_> {
             .await?;
             // Look before acting: a push that landed before a crash is not repeated.
             let already = matches!(self.w.git.remote_branch_sha(&repo.url, &branch, &credential).await, Ok(Some(ref remote)) if remote == &sha);
-            if !already
-                && let Err(e) = self
+            let mut attempt = 0;
+            let pushed = loop {
+                if already {
+                    break Ok(());
+                }
+                attempt += 1;
+                match self
                     .w
                     .git
                     .push_branch(&workdir, &repo.url, &branch, &credential)
                     .await
-            {
+                {
+                    Ok(()) => break Ok(()),
+                    Err(e) if e.is_transient() && attempt < MAX_ATTEMPTS => {
+                        self.backoff("push", attempt, &e.to_string()).await?;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Err(e) = pushed {
                 let reason = format!("pushing {branch} failed: {e}");
                 let retryable = e.is_transient();
                 return self

@@ -563,3 +563,37 @@ fn states_round_trip_their_names() {
     }
     assert_eq!(FeatureState::parse("nope"), None);
 }
+
+#[test]
+fn waiting_is_visible_until_the_next_event_and_retries_are_recorded() {
+    let mut events = happy_prefix()[..3].to_vec();
+    events.push(Event::StepRetrying {
+        step: "clone".into(),
+        attempt: 1,
+        error: "connection reset".into(),
+        delay_ms: 500,
+    });
+    events.push(Event::StepWaiting {
+        resource: "llm".into(),
+        detail: "waiting for an LLM slot".into(),
+    });
+    let (f, _) = stream(events.clone()).unwrap();
+    assert_eq!(f.waiting_for.as_deref(), Some("waiting for an LLM slot"));
+    events.push(Event::RepositoryCloneCompleted {
+        head_sha: "abc".into(),
+        duration_ms: 1,
+    });
+    let (f, _) = stream(events).unwrap();
+    assert_eq!(f.waiting_for, None);
+    // Nothing waits before the feature started.
+    assert!(
+        stream(vec![
+            requested(1),
+            Event::StepWaiting {
+                resource: "sandbox".into(),
+                detail: "d".into()
+            }
+        ])
+        .is_err()
+    );
+}
