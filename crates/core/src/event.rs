@@ -182,6 +182,10 @@ pub enum Event {
         iteration: u32,
         index: u32,
         description: String,
+        /// The working tree before the step (a git tree id): a step interrupted half-way
+        /// restarts from exactly this state instead of applying its edits twice.
+        #[serde(default)]
+        checkpoint: Option<String>,
     },
     #[serde(rename = "code.change.generated")]
     CodeChangeGenerated {

@@ -446,6 +446,7 @@ impl Feature {
                 iteration,
                 index,
                 description,
+                ..
             } => {
                 self.in_states(event, &[S::Executing])?;
                 self.require(*iteration == self.iteration, event, "wrong iteration")?;

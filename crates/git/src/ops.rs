@@ -589,6 +589,46 @@ impl Git {
         Ok(!out.stdout.is_empty())
     }
 
+    /// Records the whole working tree (tracked and untracked, not ignored) as a tree object
+    /// and returns its id, so a step interrupted half-way can start again from exactly here.
+    pub async fn checkpoint(&self, workdir: &Path) -> Result<String, GitError> {
+        let workdir = self.check_workdir(workdir).await?;
+        run(self.local(
+            "add",
+            &workdir,
+            args(["add", "--all", "--", "."]),
+            "working copy",
+        ))
+        .await?;
+        let out =
+            run(self.local("write-tree", &workdir, args(["write-tree"]), "working copy")).await?;
+        Ok(stdout_line(&out))
+    }
+
+    /// Puts the working tree back to a [`Git::checkpoint`]: files added since are removed,
+    /// changed ones restored. Ignored files (build caches) are left alone.
+    pub async fn restore_checkpoint(&self, workdir: &Path, tree: &str) -> Result<(), GitError> {
+        validate_rev(tree)?;
+        let workdir = self.check_workdir(workdir).await?;
+        // Stage everything first so files created after the checkpoint are known to the
+        // index and `read-tree -u` removes them.
+        run(self.local(
+            "add",
+            &workdir,
+            args(["add", "--all", "--", "."]),
+            "working copy",
+        ))
+        .await?;
+        run(self.local(
+            "read-tree",
+            &workdir,
+            args(["read-tree", "--reset", "-u", "--end-of-options", tree]),
+            "revision",
+        ))
+        .await?;
+        Ok(())
+    }
+
     /// Paths that differ between `base` and the working tree, untracked files included.
     pub async fn changed_files(&self, workdir: &Path, base: &str) -> Result<Vec<String>, GitError> {
         validate_rev(base)?;

@@ -685,6 +685,15 @@ impl Run<'_> {
             files.dedup();
             let description =
                 format!("repair iteration {iteration}: make the build and tests pass");
+            if self.step_done(iteration, total) {
+                let files_changed = self.changed_files().await.len() as u32;
+                return self
+                    .emit(vec![Event::ExecutionCompleted {
+                        iteration,
+                        files_changed,
+                    }])
+                    .await;
+            }
             if !self
                 .generate_step(
                     &client,
@@ -743,10 +752,35 @@ impl Run<'_> {
         files: &[String],
         feedback: Option<&str>,
     ) -> Result<bool, StepError> {
+        // Resuming a step that was interrupted after it started: undo whatever part of its
+        // edits reached the working copy, so they are not applied twice.
+        let interrupted = self.last(|e| match e {
+            Event::StepStarted {
+                iteration: i,
+                index: x,
+                checkpoint: Some(tree),
+                ..
+            } if i == iteration && x == index => Some(tree),
+            _ => None,
+        });
+        let workdir = self.workdir();
+        if let Some(tree) = interrupted {
+            self.w
+                .git
+                .restore_checkpoint(&workdir, &tree)
+                .await
+                .map_err(|e| {
+                    StepError::Infrastructure(format!("restoring the working copy: {e}"))
+                })?;
+        }
+        let checkpoint = self.w.git.checkpoint(&workdir).await.map_err(|e| {
+            StepError::Infrastructure(format!("checkpointing the working copy: {e}"))
+        })?;
         self.emit(vec![Event::StepStarted {
             iteration,
             index,
             description: description.to_string(),
+            checkpoint: Some(checkpoint),
         }])
         .await?;
         let request = self.request();

@@ -115,6 +115,7 @@ fn happy_prefix() -> Vec<Event> {
             iteration: 1,
             index: 0,
             description: "edit".into(),
+            checkpoint: None,
         },
         Event::FileModified {
             path: "src/lib.rs".into(),
