@@ -344,6 +344,7 @@ impl FeatureService for FeatureApi {
             let event = Event::FeatureCancelled {
                 reason: reason.clone(),
                 phase: feature.state.phase().to_string(),
+                remote_state: feature.remote_state(),
             };
             match builder_store::append_events(&*store, &feature, vec![event], None, PRODUCER).await
             {

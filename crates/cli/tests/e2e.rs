@@ -581,6 +581,9 @@ async fn cancel_stops_a_running_feature() {
         types(&events).last().map(String::as_str),
         Some("feature.cancelled")
     );
+    let cancelled = events.last().unwrap();
+    assert_eq!(cancelled["payload"]["remote_state"], "untouched: nothing was pushed", "{cancelled}");
+    assert_eq!(cancelled["payload"]["phase"], "analysis");
     // Once it ended, the branch is free again.
     let (code, answer) = call(&server, "builder.feature.v1.FeatureService/Create", second);
     assert_eq!(code, 200, "{answer}");

@@ -307,7 +307,14 @@ pub enum Event {
     #[serde(rename = "feature.failed")]
     FeatureFailed { error: ExecutionError },
     #[serde(rename = "feature.cancelled")]
-    FeatureCancelled { reason: String, phase: String },
+    FeatureCancelled {
+        reason: String,
+        phase: String,
+        /// What the remote holds at the moment of cancellation (nothing, a pushed commit, or
+        /// possibly a push that was in flight), so nobody has to guess.
+        #[serde(default)]
+        remote_state: String,
+    },
 }
 
 impl Event {
@@ -522,7 +529,17 @@ impl Event {
             FeatureFailed { error } => {
                 format!("failed [{}]: {}", error.code.as_str(), error.message)
             }
-            FeatureCancelled { reason, .. } => format!("cancelled: {reason}"),
+            FeatureCancelled {
+                reason,
+                remote_state,
+                ..
+            } => {
+                if remote_state.is_empty() {
+                    format!("cancelled: {reason}")
+                } else {
+                    format!("cancelled: {reason} (remote: {remote_state})")
+                }
+            }
         }
     }
 }

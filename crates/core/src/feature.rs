@@ -132,6 +132,8 @@ pub struct Feature {
     pub current_step_description: String,
     pub commit_sha: Option<String>,
     pub pushed: bool,
+    #[serde(default)]
+    pub push_started: bool,
     pub pull_request_url: Option<String>,
     /// Set while the current step waits for a shared resource.
     #[serde(default)]
@@ -208,6 +210,7 @@ impl Feature {
                     current_step_description: String::new(),
                     commit_sha: None,
                     pushed: false,
+                    push_started: false,
                     pull_request_url: None,
                     waiting_for: None,
                     error: None,
@@ -563,8 +566,10 @@ impl Feature {
                     event,
                     "verification has not passed",
                 )?;
-                if let CommitCreated { sha, .. } = event {
-                    self.commit_sha = Some(sha.clone());
+                match event {
+                    CommitCreated { sha, .. } => self.commit_sha = Some(sha.clone()),
+                    PushStarted { .. } => self.push_started = true,
+                    _ => {}
                 }
             }
             PushCompleted { sha, .. } => {
@@ -655,6 +660,18 @@ impl Feature {
                     Some(false) => NextStep::GiveUp,
                 }
             }
+        }
+    }
+
+    /// What this feature has done to the remote so far, in words.
+    pub fn remote_state(&self) -> String {
+        match (&self.commit_sha, self.pushed, self.push_started) {
+            (Some(sha), true, _) => format!("branch {} pushed at {sha}", self.feature_branch),
+            (Some(sha), false, true) => format!(
+                "a push of {sha} to {} was in flight; the remote may or may not hold it",
+                self.feature_branch
+            ),
+            _ => "untouched: nothing was pushed".to_string(),
         }
     }
 

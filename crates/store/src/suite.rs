@@ -246,6 +246,7 @@ fn cancelled() -> Event {
     Event::FeatureCancelled {
         reason: "user asked".into(),
         phase: "pending".into(),
+        remote_state: String::new(),
     }
 }
 

@@ -300,6 +300,7 @@ fn cancel_and_fail_are_legal_from_every_non_terminal_state() {
             Event::FeatureCancelled {
                 reason: "user".into(),
                 phase: "x".into(),
+                remote_state: String::new(),
             },
             Event::FeatureFailed {
                 error: ExecutionError {
@@ -326,6 +327,7 @@ fn terminal_states_accept_nothing() {
         Event::FeatureCancelled {
             reason: "user".into(),
             phase: "x".into(),
+            remote_state: String::new(),
         },
         Event::FeatureFailed {
             error: ExecutionError {
@@ -343,6 +345,7 @@ fn terminal_states_accept_nothing() {
             Event::FeatureCancelled {
                 reason: "again".into(),
                 phase: "x".into(),
+                remote_state: String::new(),
             },
             Event::PlanningStarted {},
         ] {
@@ -359,6 +362,7 @@ fn terminal_states_accept_nothing() {
     delivered.push(Event::FeatureCancelled {
         reason: "late".into(),
         phase: "x".into(),
+        remote_state: String::new(),
     });
     assert!(stream(delivered).is_err());
 }
@@ -596,5 +600,44 @@ fn waiting_is_visible_until_the_next_event_and_retries_are_recorded() {
             }
         ])
         .is_err()
+    );
+}
+
+#[test]
+fn remote_state_says_what_the_remote_holds() {
+    let mut events = happy_prefix();
+    events.push(Event::VerificationPassed {
+        iteration: 1,
+        summary: "ok".into(),
+    });
+    let (f, _) = stream(events.clone()).unwrap();
+    assert!(f.remote_state().starts_with("untouched"));
+    events.push(Event::CommitCreated {
+        sha: "def".into(),
+        message: "m".into(),
+        files_changed: 1,
+        lines_added: 1,
+        lines_removed: 0,
+    });
+    events.push(Event::PushStarted {
+        branch: "b".into(),
+        sha: "def".into(),
+    });
+    let (f, _) = stream(events.clone()).unwrap();
+    assert!(
+        f.remote_state().contains("in flight"),
+        "{}",
+        f.remote_state()
+    );
+    events.push(Event::PushCompleted {
+        branch: "b".into(),
+        sha: "def".into(),
+        already_present: false,
+    });
+    let (f, _) = stream(events).unwrap();
+    assert!(
+        f.remote_state().contains("pushed at def"),
+        "{}",
+        f.remote_state()
     );
 }
