@@ -139,34 +139,44 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     tracing::info!(runtime = sandbox.name(), timeout_s = config.sandbox_timeout.as_secs(), limits = %limits, "sandbox ready");
 
-    let llm = match builder_llm::LlmSettings::from_env()
-        .context("reading BAML_CLIENT_* settings")?
-    {
-        Some(settings) => {
-            let baml_src = config.baml_src.clone().unwrap_or_else(default_baml_src);
-            let sidecar = builder_llm::Sidecar::start(builder_llm::SidecarConfig {
-                baml_cli: config.baml_cli.clone(),
-                baml_src: baml_src.clone(),
-                startup_timeout: std::time::Duration::from_secs(60),
-                call_timeout: std::time::Duration::from_secs(300),
-            })
-            .await
-            .with_context(|| {
-                format!(
-                    "starting the BAML sidecar ({} serve --from {})",
-                    config.baml_cli.display(),
-                    baml_src.display()
-                )
-            })?;
-            tracing::info!(provider = %settings.provider, model = %settings.model, "LLM ready (BAML sidecar)");
-            Llm::Ready {
-                sidecar: Arc::new(sidecar),
-                settings,
+    let replay = std::env::var("BUILDER_LLM_REPLAY")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let llm = if let Some(path) = replay {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("BUILDER_LLM_REPLAY={path}: cannot read it"))?;
+        let replay = builder_llm::Replay::from_jsonl(&text)
+            .with_context(|| format!("BUILDER_LLM_REPLAY={path}"))?;
+        tracing::warn!(transcript = %path, "LLM REPLAY: answers come from the transcript; no model is asked");
+        Llm::Replay(Arc::new(replay))
+    } else {
+        match builder_llm::LlmSettings::from_env().context("reading BAML_CLIENT_* settings")? {
+            Some(settings) => {
+                let baml_src = config.baml_src.clone().unwrap_or_else(default_baml_src);
+                let sidecar = builder_llm::Sidecar::start(builder_llm::SidecarConfig {
+                    baml_cli: config.baml_cli.clone(),
+                    baml_src: baml_src.clone(),
+                    startup_timeout: std::time::Duration::from_secs(60),
+                    call_timeout: std::time::Duration::from_secs(300),
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting the BAML sidecar ({} serve --from {})",
+                        config.baml_cli.display(),
+                        baml_src.display()
+                    )
+                })?;
+                tracing::info!(provider = %settings.provider, model = %settings.model, "LLM ready (BAML sidecar)");
+                Llm::Ready {
+                    sidecar: Arc::new(sidecar),
+                    settings,
+                }
             }
-        }
-        None => {
-            tracing::warn!("{NO_LLM}; features will fail at analysis until then");
-            Llm::Unavailable(NO_LLM.to_string())
+            None => {
+                tracing::warn!("{NO_LLM}; features will fail at analysis until then");
+                Llm::Unavailable(NO_LLM.to_string())
+            }
         }
     };
 

@@ -582,7 +582,10 @@ async fn cancel_stops_a_running_feature() {
         Some("feature.cancelled")
     );
     let cancelled = events.last().unwrap();
-    assert_eq!(cancelled["payload"]["remote_state"], "untouched: nothing was pushed", "{cancelled}");
+    assert_eq!(
+        cancelled["payload"]["remote_state"], "untouched: nothing was pushed",
+        "{cancelled}"
+    );
     assert_eq!(cancelled["payload"]["phase"], "analysis");
     // Once it ended, the branch is free again.
     let (code, answer) = call(&server, "builder.feature.v1.FeatureService/Create", second);
@@ -1184,4 +1187,102 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         pushes >= delivered,
         "{pushes} pushes for {delivered} deliveries"
     );
+}
+
+/// Drops what legitimately differs between two runs of the same feature: ids, times,
+/// shas of commits (they embed a time), branch names (they embed the feature id), the
+/// provider's name and tool output with timings in it.
+fn comparable(events: &[Value]) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        const VOLATILE: &[&str] = &[
+            "duration_ms",
+            "latency_ms",
+            "head_sha",
+            "base_sha",
+            "sha",
+            "commit_sha",
+            "provider",
+            "model",
+            "branch",
+            "branch_name",
+            "feature_branch",
+            "target_branch",
+            "output_tail",
+            "output",
+            "checkpoint",
+            "repository_id",
+            "url",
+            "patch_url",
+            "details",
+            "message",
+        ];
+        match v {
+            Value::Object(map) => {
+                map.retain(|k, _| !VOLATILE.contains(&k.as_str()));
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    events
+        .iter()
+        .map(|e| {
+            let mut payload = e["payload"].clone();
+            strip(&mut payload);
+            json!({"type": e["type"], "payload": payload})
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_feature_replays_without_an_llm_to_the_same_events() {
+    let run = |env: Vec<(&'static str, String)>| async move {
+        let (_root, _bare, git) = repo_fixture();
+        let server = start_server(&env);
+        let repo_id = register(&server, &git, GIT_PASSWORD);
+        let id = create(&server, &repo_id);
+        let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+        assert_eq!(execution["state"], "COMPLETED", "{execution}");
+        let transcript = server
+            ._data
+            .path()
+            .join("data/artifacts")
+            .join(&id)
+            .join("llm-transcript.jsonl");
+        let transcript = std::fs::read_to_string(transcript).expect("the transcript artifact");
+        (events(&server, &id), transcript)
+    };
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(FIX_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let (recorded, transcript) = run(llm_env(&llm)).await;
+    assert_eq!(
+        transcript.lines().count(),
+        5,
+        "one line per LLM call:\n{transcript}"
+    );
+    assert!(!transcript.contains(LLM_KEY));
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &transcript).unwrap();
+    // No BAML_CLIENT_* at all: every answer comes from the transcript.
+    let (replayed, _) = run(vec![(
+        "BUILDER_LLM_REPLAY",
+        file.path().display().to_string(),
+    )])
+    .await;
+    assert_eq!(comparable(&replayed), comparable(&recorded));
+    let providers: Vec<&Value> = replayed
+        .iter()
+        .filter(|e| e["type"] == "llm.invocation.started")
+        .map(|e| &e["payload"]["provider"])
+        .collect();
+    assert!(providers.iter().all(|p| *p == "replay"), "{providers:?}");
 }

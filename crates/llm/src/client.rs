@@ -21,6 +21,8 @@ pub struct Called<T> {
     pub latency_ms: u64,
     /// HTTP calls made to the sidecar, the successful one included.
     pub attempts: u32,
+    /// The function's answer as BAML returned it: what a transcript records.
+    pub raw: Value,
 }
 
 /// How often to try again.
@@ -49,7 +51,8 @@ impl Default for RetryPolicy {
 /// Calls the BAML functions with one provider configuration. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
+    replay: Option<Arc<crate::replay::Replay>>,
     settings: LlmSettings,
     retry: RetryPolicy,
 }
@@ -74,8 +77,27 @@ enum Outcome {
 impl LlmClient {
     pub(crate) fn new(shared: Arc<Shared>, settings: LlmSettings) -> LlmClient {
         LlmClient {
-            shared,
+            shared: Some(shared),
+            replay: None,
             settings,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A client that answers from a recorded transcript instead of a model: no sidecar, no
+    /// provider, deterministic. Its provider reads "replay".
+    pub fn replay(replay: Arc<crate::replay::Replay>) -> LlmClient {
+        LlmClient {
+            shared: None,
+            replay: Some(replay),
+            settings: LlmSettings {
+                provider: "replay".into(),
+                model: "transcript".into(),
+                api_key: None,
+                base_url: None,
+                max_tokens: 0,
+                temperature: 0.0,
+            },
             retry: RetryPolicy::default(),
         }
     }
@@ -150,6 +172,28 @@ impl LlmClient {
         function: &'static str,
         args: Value,
     ) -> Result<Called<T>, LlmError> {
+        if let Some(replay) = &self.replay {
+            let raw = replay.next(function)?;
+            let value = serde_json::from_value::<T>(raw.clone()).map_err(|e| LlmError::Parse {
+                function,
+                message: format!("the recorded answer does not fit the Rust type: {e}"),
+                raw_output: Some(tidy(&raw.to_string(), RAW_OUTPUT_CHARS)),
+            })?;
+            return Ok(Called {
+                value,
+                function,
+                provider: self.settings.provider.clone(),
+                model: self.settings.model.clone(),
+                latency_ms: 0,
+                attempts: 1,
+                raw,
+            });
+        }
+        let Some(shared) = &self.shared else {
+            return Err(LlmError::Sidecar {
+                message: "no sidecar behind this client".into(),
+            });
+        };
         let key = self.settings.api_key.as_deref();
         self.settings.validate().map_err(|e| e.redacted(key))?;
         let mut body = match args {
@@ -167,14 +211,15 @@ impl LlmClient {
         let (mut parse_failures, mut transient_failures, mut sidecar_failures) = (0, 0, 0);
         let mut failed_generation = None;
         loop {
-            let endpoint = self.shared.endpoint(failed_generation).await?;
+            let endpoint = shared.endpoint(failed_generation).await?;
             attempts += 1;
-            let outcome = self.post(function, &endpoint, &body).await;
+            let outcome = self.post(shared, function, &endpoint, &body).await;
             let error = match outcome {
-                Outcome::Ok(value) => match serde_json::from_value::<T>(value.clone()) {
+                Outcome::Ok(raw) => match serde_json::from_value::<T>(raw.clone()) {
                     Ok(value) => {
                         return Ok(Called {
                             value,
+                            raw,
                             function,
                             provider: self.settings.provider.clone(),
                             model: self.settings.model.clone(),
@@ -188,7 +233,7 @@ impl LlmClient {
                     Err(e) => LlmError::Parse {
                         function,
                         message: format!("the answer does not fit the Rust type: {e}"),
-                        raw_output: Some(tidy(&value.to_string(), RAW_OUTPUT_CHARS)),
+                        raw_output: Some(tidy(&raw.to_string(), RAW_OUTPUT_CHARS)),
                     },
                 },
                 Outcome::Failed(e) => e,
@@ -225,13 +270,13 @@ impl LlmClient {
 
     async fn post(
         &self,
+        shared: &Shared,
         function: &'static str,
         endpoint: &crate::sidecar::Endpoint,
         body: &Value,
     ) -> Outcome {
-        let timeout = self.shared.config.call_timeout;
-        let sent = self
-            .shared
+        let timeout = shared.config.call_timeout;
+        let sent = shared
             .http
             .post(format!("{}/call/{function}", endpoint.base_url))
             .header("x-baml-api-key", &endpoint.password)

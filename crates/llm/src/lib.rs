@@ -10,6 +10,7 @@
 mod client;
 mod edits;
 mod error;
+pub mod replay;
 mod settings;
 mod sidecar;
 mod types;
@@ -22,6 +23,7 @@ mod sidecar_tests;
 pub use client::{Called, LlmClient, RetryPolicy};
 pub use edits::{AppliedEdit, EditError, apply_edits};
 pub use error::LlmError;
+pub use replay::{Replay, TRANSCRIPT_FILE, transcript_line};
 pub use settings::{
     ENV_API_KEY, ENV_BASE_URL, ENV_MAX_TOKENS, ENV_MODEL, ENV_PROVIDER, ENV_TEMPERATURE,
     LlmSettings,

@@ -49,6 +49,8 @@ pub enum Llm {
         sidecar: Arc<Sidecar>,
         settings: LlmSettings,
     },
+    /// Answers from a recorded transcript (`BUILDER_LLM_REPLAY`): no model is asked.
+    Replay(Arc<builder_llm::Replay>),
     Unavailable(String),
 }
 

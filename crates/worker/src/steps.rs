@@ -169,6 +169,7 @@ impl Run<'_> {
     fn llm(&self) -> Result<LlmClient, String> {
         match &self.w.llm {
             Llm::Ready { sidecar, settings } => Ok(sidecar.client(settings.clone())),
+            Llm::Replay(replay) => Ok(LlmClient::replay(replay.clone())),
             Llm::Unavailable(why) => Err(why.clone()),
         }
     }
@@ -181,6 +182,7 @@ impl Run<'_> {
     ) -> Result<Result<T, LlmError>, StepError> {
         let (provider, model) = match &self.w.llm {
             Llm::Ready { settings, .. } => (settings.provider.clone(), settings.model.clone()),
+            Llm::Replay(_) => ("replay".to_string(), "transcript".to_string()),
             Llm::Unavailable(_) => (String::new(), String::new()),
         };
         let _slot = self.slot(Resource::Llm).await?;
@@ -192,6 +194,12 @@ impl Run<'_> {
         .await?;
         let started = Instant::now();
         let result = fut.await;
+        if let Ok(called) = &result {
+            // The transcript makes the feature replayable without a model.
+            let line = builder_llm::transcript_line(function, &called.raw);
+            self.append_artifact(builder_llm::TRANSCRIPT_FILE, &line)
+                .await;
+        }
         let (attempts, ok, error) = match &result {
             Ok(c) => (c.attempts, true, None),
             // A failed call's retries are inside the LLM client; 0 marks "not counted".
@@ -1399,6 +1407,24 @@ impl Run<'_> {
         }
         msg.push_str(&format!("\nFeature-Execution: {}\n", self.feature.id));
         msg
+    }
+
+    async fn append_artifact(&self, name: &str, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let dir = self.w.artifacts_dir(self.feature.id);
+        let result = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .await?;
+            file.write_all(format!("{line}\n").as_bytes()).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(feature = %self.feature.id, artifact = name, error = %e, "could not append to artifact");
+        }
     }
 
     async fn write_artifact(&self, name: &str, bytes: &[u8]) {
