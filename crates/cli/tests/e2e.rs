@@ -762,7 +762,7 @@ async fn llm_output_that_never_parses_fails_the_step_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_same_services_answer_grpc_and_connect_binary() {
+async fn the_same_services_answer_grpc_grpc_web_and_connect_binary() {
     use builder_api::proto::builder::feature::v1 as fp;
     use builder_api::proto::builder::repository::v1 as rp;
     use connectrpc::client::{ClientConfig, HttpClient};
@@ -796,6 +796,21 @@ async fn the_same_services_answer_grpc_and_connect_binary() {
             || err.to_string().to_lowercase().contains("invalid"),
         "{err}"
     );
+
+    let grpc_web = rp::RepositoryServiceClient::new(
+        HttpClient::plaintext(),
+        ClientConfig::new(uri.clone()).with_protocol(connectrpc::Protocol::GrpcWeb),
+    );
+    let name = got.repository.as_option().unwrap().name.clone();
+    let by_name = grpc_web
+        .get_by_name(rp::GetByNameRequest {
+            name,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(by_name.repository.as_option().unwrap().id, repo_id);
 
     let connect_binary =
         fp::FeatureServiceClient::new(HttpClient::plaintext(), ClientConfig::new(uri).proto());
