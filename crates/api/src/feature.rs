@@ -85,29 +85,6 @@ impl FeatureApi {
                 "must differ from the target branch",
             ));
         }
-        // One writer per branch: a second active feature pushing the same branch would
-        // race the first and be rejected as a non-fast-forward at best.
-        let active = store
-            .search(&FeatureQuery {
-                repository_id: Some(repo.id),
-                states: vec![
-                    FeatureState::Pending,
-                    FeatureState::Analyzing,
-                    FeatureState::Planning,
-                    FeatureState::Executing,
-                    FeatureState::Verifying,
-                ],
-                limit: 500,
-                ..Default::default()
-            })
-            .await
-            .map_err(store_error)?;
-        if let Some(owner) = active.iter().find(|f| f.feature_branch == feature_branch) {
-            return Err(ConnectError::failed_precondition(format!(
-                "spec.feature_branch: {feature_branch} is being written by active feature execution {}",
-                owner.id
-            )));
-        }
         let correlation_id = if correlation_id.is_empty() {
             id.to_string()
         } else {
@@ -135,6 +112,14 @@ impl FeatureApi {
             .await
         {
             Ok(_) => {}
+            // One writer per branch, enforced by the store for every process at once: a
+            // second active feature pushing the same branch would race the first.
+            Err(StoreError::AlreadyExists { what }) if what.contains("branch") => {
+                return Err(ConnectError::failed_precondition(format!(
+                    "spec.feature_branch: {} is being written by another active feature of this repository",
+                    transition.feature.feature_branch
+                )));
+            }
             // Lost a race with the same idempotency key: answer with the winner.
             Err(StoreError::AlreadyExists { .. }) if !idempotency_key.is_empty() => {
                 if let Some(existing) = store

@@ -288,6 +288,10 @@ pub(crate) fn append_violation(constraint: &str, expected: u64, actual: u64) -> 
         StoreError::AlreadyExists {
             what: "a feature with this idempotency key".into(),
         }
+    } else if constraint.contains("feature_branch") {
+        StoreError::AlreadyExists {
+            what: "an active feature writing this feature branch".into(),
+        }
     } else if constraint.contains("event_id") {
         StoreError::AlreadyExists {
             what: "an event with this event id".into(),

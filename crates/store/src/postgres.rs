@@ -274,12 +274,13 @@ impl EventStore for PgStore {
         }
         let upsert = sqlx::query(
             "INSERT INTO features (id, repository_id, state, title, search_text, correlation_id, \
-             idempotency_key, created_at, updated_at, version, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             idempotency_key, created_at, updated_at, version, body, feature_branch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (id) DO UPDATE SET repository_id = excluded.repository_id, \
              state = excluded.state, title = excluded.title, search_text = excluded.search_text, \
              correlation_id = excluded.correlation_id, idempotency_key = excluded.idempotency_key, \
-             updated_at = excluded.updated_at, version = excluded.version, body = excluded.body",
+             updated_at = excluded.updated_at, version = excluded.version, body = excluded.body, \
+             feature_branch = excluded.feature_branch",
         )
         .bind(fid)
         .bind(row.repository_id.as_uuid())
@@ -292,6 +293,7 @@ impl EventStore for PgStore {
         .bind(micros(projection.updated_at))
         .bind(row.version)
         .bind(Json(&body))
+        .bind(&projection.feature_branch)
         .execute(&mut *tx)
         .await;
         if let Err(e) = upsert {

@@ -275,12 +275,13 @@ impl EventStore for SqliteStore {
         }
         let upsert = sqlx::query(
             "INSERT INTO features (id, repository_id, state, title, search_text, correlation_id, \
-             idempotency_key, created_at, updated_at, version, body) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             idempotency_key, created_at, updated_at, version, body, feature_branch) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET repository_id = excluded.repository_id, \
              state = excluded.state, title = excluded.title, search_text = excluded.search_text, \
              correlation_id = excluded.correlation_id, idempotency_key = excluded.idempotency_key, \
-             updated_at = excluded.updated_at, version = excluded.version, body = excluded.body",
+             updated_at = excluded.updated_at, version = excluded.version, body = excluded.body, \
+             feature_branch = excluded.feature_branch",
         )
         .bind(&fid)
         .bind(row.repository_id.to_string())
@@ -293,6 +294,7 @@ impl EventStore for SqliteStore {
         .bind(ts_text(&projection.updated_at))
         .bind(row.version)
         .bind(&row.body)
+        .bind(&projection.feature_branch)
         .execute(&mut *tx)
         .await;
         if let Err(e) = upsert {

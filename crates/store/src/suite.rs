@@ -160,6 +160,8 @@ struct NewFeature<'a> {
     description: &'a str,
     correlation_id: &'a str,
     idempotency_key: &'a str,
+    /// Empty: a branch unique to the feature.
+    branch: &'a str,
     at: DateTime<Utc>,
 }
 
@@ -171,6 +173,7 @@ impl Default for NewFeature<'_> {
             description: "Add a greet function to the library.",
             correlation_id: "",
             idempotency_key: "",
+            branch: "",
             at: base_time(),
         }
     }
@@ -182,7 +185,11 @@ fn requested(n: NewFeature<'_>) -> (Feature, Vec<EventEnvelope>) {
     let (event_type, payload) = Event::FeatureRequested {
         spec: spec(n.repo, n.title, n.description),
         target_branch: "main".into(),
-        feature_branch: format!("builder/{}", id.as_uuid().simple()),
+        feature_branch: if n.branch.is_empty() {
+            format!("builder/{}", id.as_uuid().simple())
+        } else {
+            n.branch.to_string()
+        },
         max_iterations: 2,
         idempotency_key: n.idempotency_key.into(),
         retry_of: None,
@@ -865,6 +872,60 @@ pub(crate) async fn idempotency_and_correlation_lookups(store: Arc<dyn Store>) {
     );
 }
 
+pub(crate) async fn one_active_writer_per_branch(store: Arc<dyn Store>) {
+    let shared = NewFeature {
+        branch: "builder/shared",
+        ..Default::default()
+    };
+    let first = create(
+        &store,
+        NewFeature {
+            branch: "builder/shared",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (second, events) = requested(NewFeature {
+        branch: "builder/shared",
+        ..Default::default()
+    });
+    match store.append(second.id, 0, &events, &second).await {
+        Err(StoreError::AlreadyExists { what }) => assert!(what.contains("branch"), "{what}"),
+        other => panic!("a second active writer of the branch must be refused, got {other:?}"),
+    }
+    assert!(
+        store
+            .read_stream(second.id, 0)
+            .await
+            .expect("read")
+            .is_empty(),
+        "nothing written"
+    );
+    // Another repository, or another branch, is fine.
+    create(
+        &store,
+        NewFeature {
+            repo: RepositoryId(Uuid::from_u128(2)),
+            ..shared
+        },
+    )
+    .await;
+    create(
+        &store,
+        NewFeature {
+            branch: "builder/other",
+            ..Default::default()
+        },
+    )
+    .await;
+    // Once the first ended, the branch is free.
+    advance(&store, &first, vec![cancelled()]).await;
+    store
+        .append(second.id, 0, &events, &second)
+        .await
+        .expect("the branch is free again");
+}
+
 pub(crate) async fn non_terminal_features_are_listed(store: Arc<dyn Store>) {
     let t0 = base_time();
     let pending = create(&store, NewFeature::default()).await;
@@ -1184,6 +1245,7 @@ both_backends!(
         projection_and_search_filters,
         idempotency_and_correlation_lookups,
         non_terminal_features_are_listed,
+        one_active_writer_per_branch,
         repository_crud,
     ];
     fixture: [credentials_are_encrypted_at_rest];
