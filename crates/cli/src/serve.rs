@@ -133,11 +133,22 @@ pub async fn serve(config: Config) -> Result<()> {
             "SANDBOX_RUNTIME=process: builds and tests run WITHOUT ISOLATION on this host"
         );
     }
-    let limits = match (config.sandbox_memory_mb, config.sandbox_cpu) {
-        (None, None) => "no CPU or memory limit requested".to_string(),
-        _ => "CPU/memory limits requested but not enforced yet (cgroups are a planned step); only the timeout holds".to_string(),
-    };
-    tracing::info!(runtime = sandbox.name(), timeout_s = config.sandbox_timeout.as_secs(), limits = %limits, "sandbox ready");
+    let memory = config
+        .sandbox_memory_mb
+        .map(|m| format!("{m} MB"))
+        .unwrap_or_else(|| "none".into());
+    let cpu = config
+        .sandbox_cpu
+        .map(|c| format!("{c} cores"))
+        .unwrap_or_else(|| "none".into());
+    tracing::info!(
+        runtime = sandbox.name(),
+        timeout_s = config.sandbox_timeout.as_secs(),
+        memory = %memory,
+        cpu = %cpu,
+        in_force = %builder_sandbox::describe_limits(),
+        "sandbox ready"
+    );
 
     let replay = std::env::var("BUILDER_LLM_REPLAY")
         .ok()
@@ -200,6 +211,7 @@ pub async fn serve(config: Config) -> Result<()> {
         WorkerConfig {
             workspace_base: config.workspace_base.clone(),
             artifacts_base: config.data_dir.join("artifacts"),
+            mirror_root: config.data_dir.join("mirrors"),
             sandbox_timeout: config.sandbox_timeout,
             sandbox_memory_mb: config.sandbox_memory_mb,
             sandbox_cpu: config.sandbox_cpu,

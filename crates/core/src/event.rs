@@ -232,6 +232,12 @@ pub enum Event {
         timed_out: bool,
         duration_ms: u64,
         output_tail: String,
+        /// Why the sandbox stopped the command, if it did ("timeout", "memory limit", …).
+        #[serde(default)]
+        killed_by: Option<String>,
+        /// Limits that bit without killing (e.g. forks refused by the pids limit).
+        #[serde(default)]
+        limits_hit: Vec<String>,
     },
     #[serde(rename = "tests.started")]
     TestsStarted { command: String },
@@ -246,6 +252,12 @@ pub enum Event {
         ignored: u32,
         duration_ms: u64,
         output_tail: String,
+        /// Why the sandbox stopped the command, if it did ("timeout", "memory limit", …).
+        #[serde(default)]
+        killed_by: Option<String>,
+        /// Limits that bit without killing (e.g. forks refused by the pids limit).
+        #[serde(default)]
+        limits_hit: Vec<String>,
     },
     #[serde(rename = "verification.passed")]
     VerificationPassed { iteration: u32, summary: String },
@@ -606,6 +618,8 @@ mod tests {
             ignored: 0,
             duration_ms: 1200,
             output_tail: "boom".into(),
+            killed_by: None,
+            limits_hit: vec![],
         };
         let (ty, payload) = e.to_parts().unwrap();
         assert_eq!(ty, "tests.completed");

@@ -29,6 +29,15 @@ pub enum GitError {
         branch: String,
         detail: String,
     },
+    /// The repository, or one file in it, is larger than the configured limit
+    /// ([`crate::RepoLimits`]); retrying will not help until the limit or the repository
+    /// changes.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { what: String, size: u64, limit: u64 },
+    /// The remote sent objects that fail `fsck` (e.g. tree entries named `..` or `.git`,
+    /// option-looking submodule URLs): a hostile or corrupt repository, never retried.
+    #[error("repository {url} refused as unsafe: {detail}")]
+    UnsafeRepository { url: String, detail: String },
     /// `commit_all` found no change to commit.
     #[error("nothing to commit in {}", workdir.display())]
     NothingToCommit { workdir: PathBuf },
@@ -123,6 +132,9 @@ const UNREACHABLE: &[&str] = &[
     "unable to access",
 ];
 
+/// What `index-pack`/`unpack-objects` print when `transfer.fsckObjects` rejects an object.
+const FSCK: &[&str] = &["fsck error", "hasdotdot", "hasdotgit", "gitmodulesurl"];
+
 const REJECTED: &[&str] = &[
     "[rejected]",
     "[remote rejected]",
@@ -167,6 +179,16 @@ pub(crate) fn classify(ctx: &FailureContext<'_>, status: Option<i32>, stderr: &s
                 detail,
             };
         }
+    }
+    // Checked before NOT_FOUND/UNREACHABLE: a fetch refused by fsck ends with messages like
+    // "the remote end hung up" that would otherwise look transient and be retried forever.
+    if let Some(url) = ctx.url
+        && has(FSCK)
+    {
+        return GitError::UnsafeRepository {
+            url: url.to_owned(),
+            detail,
+        };
     }
     if has(NOT_FOUND) {
         return GitError::NotFound {

@@ -3,6 +3,12 @@
 //! per-process askpass/ssh environment (never a URL, a log, an error or `.git/config`) and
 //! with hooks, filters and foreign configuration unable to run on the host.
 //!
+//! Working copies come from a per-repository bare mirror (`Git::prepare_working_copy`):
+//! fetched incrementally under a file lock, `fsck`ed on fetch, size-limited
+//! ([`RepoLimits`]), then cloned locally with hard-linked objects. `git-bench`
+//! (`src/bin/git-bench.rs`) measures it against a fresh clone and the cost of writing the
+//! files.
+//!
 //! It must not depend on other builder crates (core, store, worker …): callers map its
 //! typed errors onto their own domain.
 
@@ -16,5 +22,5 @@ mod url;
 pub use branch::{feature_branch_name, validate_branch_name};
 pub use credential::{GitCredential, redact};
 pub use error::GitError;
-pub use ops::{DiffStats, Git, GitConfig};
+pub use ops::{DiffStats, Git, GitConfig, RepoLimits, mirror_path};
 pub use url::redact_url;

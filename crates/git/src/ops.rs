@@ -35,6 +35,28 @@ impl Default for GitConfig {
     }
 }
 
+/// Size limits on what builder fetches and checks out. Kept apart from [`GitConfig`] so
+/// existing `GitConfig { .. }` literals keep compiling; set with [`Git::with_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepoLimits {
+    /// Largest single file (blob) a working copy may contain, in bytes.
+    pub max_file_size: u64,
+    /// Largest repository, in bytes: both the mirror's objects on disk and the sum of the
+    /// files of a checked-out commit.
+    pub max_repo_size: u64,
+}
+
+impl Default for RepoLimits {
+    fn default() -> Self {
+        // GitHub refuses files over 100 MiB; a few GiB covers all but monorepos, which can
+        // raise it explicitly.
+        RepoLimits {
+            max_file_size: 100 << 20,
+            max_repo_size: 4 << 30,
+        }
+    }
+}
+
 /// Size of the change between two revisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffStats {
@@ -54,6 +76,7 @@ pub struct Git {
 
 struct Inner {
     config: GitConfig,
+    limits: RepoLimits,
     dir: tempfile::TempDir,
     askpass: PathBuf,
     known_hosts: PathBuf,
@@ -199,6 +222,7 @@ impl Git {
         Ok(Git {
             inner: Arc::new(Inner {
                 config,
+                limits: RepoLimits::default(),
                 dir,
                 askpass,
                 known_hosts,
@@ -208,6 +232,34 @@ impl Git {
 
     pub fn config(&self) -> &GitConfig {
         &self.inner.config
+    }
+
+    /// This `Git` with `limits` instead of [`RepoLimits::default`]. Clones made earlier
+    /// keep theirs; the private directory is shared.
+    pub fn with_limits(self, limits: RepoLimits) -> Result<Git, GitError> {
+        if limits.max_file_size == 0 || limits.max_repo_size == 0 {
+            return Err(GitError::InvalidInput(
+                "size limits must be positive".into(),
+            ));
+        }
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.limits = limits;
+                inner
+            }
+            Err(_) => {
+                return Err(GitError::InvalidInput(
+                    "with_limits must be called before the Git handle is cloned".into(),
+                ));
+            }
+        };
+        Ok(Git {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn limits(&self) -> RepoLimits {
+        self.inner.limits
     }
 
     fn private_dir(&self) -> &Path {
@@ -389,21 +441,18 @@ impl Git {
         if let Some(b) = branch {
             validate_branch_name(b)?;
         }
-        let dest = absolute(dest)?;
-        let existed = dest.exists();
-        if existed {
-            let mut entries = std::fs::read_dir(&dest)
-                .map_err(GitError::io(format!("reading {}", dest.display())))?;
-            if entries.next().is_some() {
-                return Err(GitError::InvalidInput(format!(
-                    "clone destination {} exists and is not empty",
-                    dest.display()
-                )));
-            }
-        }
+        let (dest, existed) = mirror::check_clone_dest(dest)?;
         let prepared = self.prepare(url, cred)?;
         let shown = redact_url(url);
-        let mut rest = args(["clone", "--quiet", "--no-recurse-submodules", "--no-local"]);
+        // No checkout yet: the size limits are checked on the objects first, so a giant file
+        // is refused before it is written out.
+        let mut rest = args([
+            "clone",
+            "--quiet",
+            "--no-recurse-submodules",
+            "--no-local",
+            "--no-checkout",
+        ]);
         if let Some(b) = branch {
             rest.push("--branch".into());
             rest.push(b.into());
@@ -415,22 +464,43 @@ impl Git {
             Some(b) => format!("branch {b} of {shown}"),
             None => format!("repository {shown}"),
         };
-        let result = run(self.remote(
-            "clone",
-            rest,
-            &prepared,
-            &shown,
-            &subject,
-            self.inner.config.clone_timeout,
-        ))
-        .await;
-        if let Err(err) = result {
-            if !existed {
-                let _ = std::fs::remove_dir_all(&dest);
+        let result = async {
+            run(self.remote(
+                "clone",
+                rest,
+                &prepared,
+                &shown,
+                &subject,
+                self.inner.config.clone_timeout,
+            ))
+            .await?;
+            let git_dir = dest.join(".git");
+            let size = self.object_counts(&git_dir).await?.bytes;
+            let limit = self.inner.limits.max_repo_size;
+            if size > limit {
+                return Err(GitError::TooLarge {
+                    what: format!("repository {shown}"),
+                    size,
+                    limit,
+                });
             }
-            return Err(err);
+            let head = self.rev_parse(&dest, "HEAD").await?;
+            self.check_tree_size(&git_dir, &head, &shown).await?;
+            let mut checkout = self.local(
+                "checkout",
+                &dest,
+                args(["reset", "--hard", "--quiet"]),
+                "working copy",
+            );
+            checkout.timeout = self.inner.config.clone_timeout;
+            run(checkout).await?;
+            Ok(head)
         }
-        self.rev_parse(&dest, "HEAD").await
+        .await;
+        if result.is_err() {
+            mirror::discard(&dest, existed);
+        }
+        result
     }
 
     /// The remote's default branch, from the symref its HEAD advertises.
@@ -886,5 +956,12 @@ fn parse_numstat_z(raw: &[u8]) -> DiffStats {
     stats
 }
 
+mod mirror;
+pub use mirror::mirror_path;
+
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod ssh_tests;
 #[cfg(test)]
 mod tests;

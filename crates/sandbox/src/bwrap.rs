@@ -4,9 +4,10 @@
 //! and an environment built from scratch.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use crate::exec::{CheckedSpec, check_spec, common_enforced, supervise, unenforced_limits};
+use crate::exec::{CheckedSpec, RunLimits, check_spec, common_enforced, supervise};
 use crate::toolchain::Toolchains;
 use crate::{CommandSpec, RunFuture, SandboxError, SandboxRuntime};
 
@@ -56,6 +57,9 @@ pub struct BwrapRuntime {
     /// `--unshare-user --disable-userns`: blocks nested user namespaces (a large kernel attack
     /// surface). Dropped only when the host refuses it; `detect` logs that.
     harden_userns: bool,
+    /// The seccomp deny-list (`crate::seccomp`) as a second wall. Dropped only when the
+    /// host's bwrap cannot load it; `detect` logs that.
+    seccomp: bool,
 }
 
 impl BwrapRuntime {
@@ -76,7 +80,22 @@ impl BwrapRuntime {
             toolchains: Toolchains::detect(),
             extra_ro: Vec::new(),
             harden_userns: true,
+            seccomp: crate::seccomp::program().is_some(),
         };
+        tracing::info!("{}", crate::describe_limits());
+        if rt.seccomp
+            && let Err(e) = rt.self_test()
+        {
+            rt.seccomp = false;
+            if rt.self_test().is_ok() {
+                tracing::warn!(
+                    "bwrap cannot load builder's seccomp filter here ({e}); running without it"
+                );
+            } else {
+                // Fails for another reason: let the fallbacks below decide with seccomp on.
+                rt.seccomp = true;
+            }
+        }
         match rt.self_test() {
             Ok(()) => Ok(rt),
             Err(hardened_err) => {
@@ -114,8 +133,17 @@ impl BwrapRuntime {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let spec = CommandSpec::new(dir.path(), "true");
         let checked = check_spec(&spec).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new(&self.bwrap)
-            .args(self.args(&checked, &spec))
+        let filter = self.seccomp_file().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(&self.bwrap);
+        if let Some(f) = &filter {
+            let fd = f.as_raw_fd();
+            // SAFETY: fcntl is async-signal-safe; nothing is allocated after fork.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || inherit_fd(fd));
+            }
+        }
+        let out = cmd
+            .args(self.args(&checked, &spec, filter.as_ref().map(|f| f.as_raw_fd())))
             .env_clear()
             .stdin(std::process::Stdio::null())
             .output()
@@ -132,7 +160,20 @@ impl BwrapRuntime {
         }
     }
 
-    fn args(&self, checked: &CheckedSpec, spec: &CommandSpec) -> Vec<OsString> {
+    fn seccomp_file(&self) -> std::io::Result<Option<std::fs::File>> {
+        if self.seccomp {
+            crate::seccomp::program_file()
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn args(
+        &self,
+        checked: &CheckedSpec,
+        spec: &CommandSpec,
+        seccomp_fd: Option<RawFd>,
+    ) -> Vec<OsString> {
         let mut a = Args::default();
         a.flag("--unshare-all");
         if self.harden_userns {
@@ -157,6 +198,12 @@ impl BwrapRuntime {
         a.flag("--proc").flag("/proc");
         a.flag("--dev").flag("/dev");
         // After /tmp so that toolchains or work dirs under /tmp are not hidden by it.
+        if let Some(mb) = spec.max_disk_mb {
+            // The private /tmp is RAM; without a size it could take half the host's memory
+            // (the memory cgroup also charges it, when there is one).
+            a.flag("--size")
+                .flag(mb.saturating_mul(1024 * 1024).to_string());
+        }
         a.flag("--tmpfs").flag("/tmp");
         for p in self.toolchains.ro_binds.iter().chain(&self.extra_ro) {
             a.mirror_ro(p, true);
@@ -171,6 +218,9 @@ impl BwrapRuntime {
         for (k, v) in env.iter().chain(&spec.env) {
             a.flag("--setenv").flag(k).flag(v);
         }
+        if let Some(fd) = seccomp_fd {
+            a.flag("--seccomp").flag(fd.to_string());
+        }
         a.flag("--").flag("/bin/sh").flag("-c").flag(&spec.command);
         a.0
     }
@@ -184,8 +234,18 @@ impl SandboxRuntime for BwrapRuntime {
     fn run<'a>(&'a self, spec: &'a CommandSpec) -> RunFuture<'a> {
         Box::pin(async move {
             let checked = check_spec(spec)?;
+            // Lives until the run ends; bwrap has read it by then.
+            let filter = self.seccomp_file()?;
             let mut cmd = tokio::process::Command::new(&self.bwrap);
-            cmd.args(self.args(&checked, spec)).env_clear();
+            if let Some(f) = &filter {
+                let fd = f.as_raw_fd();
+                // SAFETY: fcntl is async-signal-safe; nothing is allocated after fork.
+                unsafe {
+                    cmd.pre_exec(move || inherit_fd(fd));
+                }
+            }
+            cmd.args(self.args(&checked, spec, filter.as_ref().map(|f| f.as_raw_fd())))
+                .env_clear();
             let mut enforced = common_enforced(spec);
             enforced.extend(
                 [
@@ -196,9 +256,25 @@ impl SandboxRuntime for BwrapRuntime {
                 ]
                 .map(String::from),
             );
-            supervise(cmd, spec, Self::NAME, enforced, unenforced_limits(spec)).await
+            if filter.is_some() {
+                enforced.push("seccomp=deny-list".to_string());
+            }
+            if let Some(mb) = spec.max_disk_mb {
+                enforced.push(format!("tmp={mb}MB"));
+            }
+            let limits = RunLimits::prepare(spec, &checked).await;
+            supervise(cmd, spec, Self::NAME, enforced, limits).await
         })
     }
+}
+
+/// Lets the child keep `fd` across exec (files are opened close-on-exec), for `--seccomp`.
+fn inherit_fd(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on an fd number; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn find_bwrap() -> Option<PathBuf> {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use crate::cgroup::{Cgroups, Requested, RunCgroup, join_in_pre_exec};
+use crate::disk::{DiskWatch, poll_interval};
 use crate::{CommandSpec, ExecOutcome, SandboxError};
 
 /// After the command exits, how long to wait for the output pipe to close. Only a process
@@ -72,27 +74,65 @@ pub(crate) fn check_spec(spec: &CommandSpec) -> Result<CheckedSpec, SandboxError
     })
 }
 
-/// Limits that no runtime here can enforce yet (they need cgroups). Logged once per process
-/// so an operator sees it, and reported on every outcome so no caller believes otherwise.
-pub(crate) fn unenforced_limits(spec: &CommandSpec) -> Vec<String> {
-    static WARNED: Once = Once::new();
-    let mut out = Vec::new();
-    if let Some(mb) = spec.limits.memory_mb {
-        out.push(format!("memory={mb}MB"));
+/// The limits of one run beyond time and output: its cgroup (memory, pids, cpu) and the
+/// disk watch. Built before spawning; `join` makes the child enter the cgroup.
+pub(crate) struct RunLimits {
+    pub cgroup: Option<RunCgroup>,
+    pub disk: Option<DiskWatch>,
+    pub enforced: Vec<String>,
+    pub unenforced: Vec<String>,
+}
+
+impl RunLimits {
+    pub async fn prepare(spec: &CommandSpec, checked: &CheckedSpec) -> Self {
+        let req = Requested {
+            memory_mb: spec.limits.memory_mb,
+            max_pids: spec.max_pids,
+            cpu: spec.limits.cpu,
+        };
+        let mut enforced = Vec::new();
+        let mut unenforced = Vec::new();
+        let cgroup = if req.memory_mb.is_some() || req.max_pids.is_some() || req.cpu.is_some() {
+            let run = Cgroups::get().create_run(&req);
+            enforced.extend(run.enforced.iter().cloned());
+            unenforced.extend(run.unenforced.iter().cloned());
+            Some(run)
+        } else {
+            None
+        };
+        let disk = match spec.max_disk_mb {
+            Some(mb) => {
+                let mut roots = vec![checked.workdir.clone()];
+                roots.extend(checked.writable_extra.iter().cloned());
+                enforced.push(format!("disk={mb}MB"));
+                Some(DiskWatch::start(roots, mb).await)
+            }
+            None => None,
+        };
+        if !unenforced.is_empty() {
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    limits = %unenforced.join(","),
+                    "sandbox limits requested but not enforced (cgroups not usable): {}",
+                    crate::describe_limits()
+                );
+            });
+        }
+        Self {
+            cgroup,
+            disk,
+            enforced,
+            unenforced,
+        }
     }
-    if let Some(cpu) = spec.limits.cpu {
-        out.push(format!("cpu={cpu}"));
+
+    /// Makes the spawned child join the run's cgroup before it execs.
+    pub fn join(&self, cmd: &mut tokio::process::Command) {
+        if let Some(cg) = &self.cgroup {
+            join_in_pre_exec(cmd, cg.procs_files());
+        }
     }
-    if !out.is_empty() {
-        WARNED.call_once(|| {
-            tracing::warn!(
-                limits = %out.join(","),
-                "sandbox memory/cpu limits are not enforced yet (cgroup support missing); \
-                 commands run without them"
-            );
-        });
-    }
-    out
 }
 
 pub(crate) fn common_enforced(spec: &CommandSpec) -> Vec<String> {
@@ -186,13 +226,13 @@ impl TailBuffer {
 }
 
 /// Runs a prepared command (program and args set, env cleared and set, cwd set) under
-/// supervision. Sets stdio, the process group and kill-on-drop itself.
+/// supervision. Sets stdio, the process group, kill-on-drop and the cgroup join itself.
 pub(crate) async fn supervise(
     mut cmd: tokio::process::Command,
     spec: &CommandSpec,
     runtime: &'static str,
-    enforced_limits: Vec<String>,
-    unenforced_limits: Vec<String>,
+    mut enforced_limits: Vec<String>,
+    limits: RunLimits,
 ) -> Result<ExecOutcome, SandboxError> {
     let started = Instant::now();
     let (reader, writer) = std::io::pipe()?;
@@ -201,11 +241,28 @@ pub(crate) async fn supervise(
         .stderr(writer)
         .process_group(0)
         .kill_on_drop(true);
+    limits.join(&mut cmd);
+    // `cgroup` is bound before the child so that on drop (cancellation) it is dropped
+    // after it: the cgroup sweep then runs after the process-group kill and removes the
+    // directories once the processes are gone.
+    let RunLimits {
+        cgroup,
+        disk,
+        enforced,
+        unenforced,
+    } = limits;
+    enforced_limits.extend(enforced);
     let mut child = cmd.spawn().map_err(SandboxError::Spawn)?;
     // The parent's copies of the write end live in `cmd`; EOF comes only once they are gone.
     drop(cmd);
     let mut group = GroupKill {
         pgid: child.id().and_then(|p| i32::try_from(p).ok()),
+    };
+    let kill_all = |group: &mut GroupKill| {
+        group.kill();
+        if let Some(cg) = &cgroup {
+            cg.kill_all();
+        }
     };
 
     let mut rx = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
@@ -213,9 +270,11 @@ pub(crate) async fn supervise(
     let mut chunk = vec![0u8; 64 * 1024];
     let deadline = tokio::time::Instant::from_std(started + spec.limits.timeout);
     let mut timed_out = false;
+    let mut disk_exceeded = false;
     let mut status: Option<std::process::ExitStatus> = None;
     let mut drain_until = deadline;
     let mut eof = false;
+    let mut next_disk_check = tokio::time::Instant::now() + poll_interval(Duration::ZERO);
 
     while !(eof && status.is_some()) {
         tokio::select! {
@@ -228,13 +287,24 @@ pub(crate) async fn supervise(
             s = child.wait(), if status.is_none() => {
                 status = Some(s?);
                 // Background jobs left behind would hold the pipe open and outlive the step.
-                group.kill();
+                kill_all(&mut group);
                 drain_until = tokio::time::Instant::now() + DRAIN_GRACE;
             },
             _ = tokio::time::sleep_until(deadline), if status.is_none() && !timed_out => {
                 timed_out = true;
-                group.kill();
+                kill_all(&mut group);
                 child.start_kill()?;
+            },
+            _ = tokio::time::sleep_until(next_disk_check), if status.is_none() && disk.is_some() && !disk_exceeded && !timed_out => {
+                if let Some(d) = &disk {
+                    let (grown, took) = d.grown().await;
+                    if d.over(grown) {
+                        disk_exceeded = true;
+                        kill_all(&mut group);
+                        child.start_kill()?;
+                    }
+                    next_disk_check = tokio::time::Instant::now() + poll_interval(took);
+                }
             },
             _ = tokio::time::sleep_until(drain_until), if status.is_some() && !eof => {
                 tracing::warn!(runtime, "output pipe still open after the command exited; \
@@ -245,9 +315,44 @@ pub(crate) async fn supervise(
     }
     group.pgid = None;
 
+    // What the command left behind counts too: a write just before exiting is not missed.
+    let mut disk_grown = None;
+    if let Some(d) = &disk {
+        let (grown, _) = d.grown().await;
+        disk_exceeded |= d.over(grown);
+        disk_grown = Some(grown);
+    }
+    let oom_kills = cgroup.as_ref().map_or(0, |c| c.oom_kills());
+    let pids_refused = cgroup.as_ref().map_or(0, |c| c.pids_refused());
+    let mut limits_hit = Vec::new();
+    if disk_exceeded && let (Some(d), Some(g)) = (&disk, disk_grown) {
+        limits_hit.push(format!(
+            "disk: the working copy grew by {g} bytes, over the cap of {} bytes",
+            d.limit_bytes
+        ));
+    }
+    if oom_kills > 0 {
+        limits_hit.push(format!(
+            "memory: {oom_kills} process(es) killed by the OOM killer"
+        ));
+    }
+    if pids_refused > 0 {
+        limits_hit.push(format!("pids: {pids_refused} fork(s) refused"));
+    }
+    let killed_by = if timed_out {
+        Some("timeout".to_string())
+    } else if disk_exceeded {
+        Some("disk limit".to_string())
+    } else if oom_kills > 0 {
+        Some("memory limit".to_string())
+    } else {
+        None
+    };
+    drop(cgroup);
+
     let (output, output_bytes_total) = tail.finish();
     Ok(ExecOutcome {
-        exit_code: if timed_out {
+        exit_code: if timed_out || disk_exceeded {
             None
         } else {
             status.and_then(|s| s.code())
@@ -258,7 +363,9 @@ pub(crate) async fn supervise(
         duration: started.elapsed(),
         runtime,
         enforced_limits,
-        unenforced_limits,
+        unenforced_limits: unenforced,
+        killed_by,
+        limits_hit,
     })
 }
 

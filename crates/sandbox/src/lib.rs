@@ -3,13 +3,18 @@
 //! capture, and parses test-runner summaries into counts.
 //!
 //! The default runtime is bubblewrap (no network, read-only system, only the working copy
-//! writable, empty host environment). `ProcessRuntime` has no isolation and exists only as an
+//! writable, empty host environment, a seccomp deny-list as a second wall). Memory, pids
+//! and CPU limits go through a per-run cgroup (v1 or v2, see [`describe_limits`]); the disk
+//! cap through a sized private /tmp and a growth check of the writable directories. `ProcessRuntime` has no isolation and exists only as an
 //! explicit opt-in. This crate must not depend on any other builder crate, on a database, on
 //! the event store or on credentials: nothing secret may ever be handed to it.
 
 mod bwrap;
+mod cgroup;
+mod disk;
 mod exec;
 mod process;
+mod seccomp;
 mod testparse;
 mod toolchain;
 
@@ -19,6 +24,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use bwrap::BwrapRuntime;
+pub use cgroup::{CGROUP_PARENT_ENV, CgroupVersion, cgroup_version, describe_limits};
 pub use process::ProcessRuntime;
 pub use testparse::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
 
@@ -29,10 +35,11 @@ pub struct SandboxLimits {
     pub timeout: Duration,
     /// Combined stdout+stderr kept, counted from the end of the output.
     pub max_output_bytes: usize,
-    /// Requested memory cap. Not enforced yet (needs cgroups); reported in
-    /// `ExecOutcome::unenforced_limits` when set.
+    /// Memory cap of the whole sandbox (all its processes, tmpfs included), through the
+    /// run's cgroup; over it the OOM killer ends the command (`killed_by = "memory limit"`).
+    /// Where cgroups are not usable it is reported in `ExecOutcome::unenforced_limits`.
     pub memory_mb: Option<u64>,
-    /// Requested CPU cap in cores. Same status as `memory_mb`.
+    /// CPU cap in cores, as a CFS quota of the run's cgroup. Same reporting as `memory_mb`.
     pub cpu: Option<f32>,
 }
 
@@ -59,7 +66,19 @@ pub struct CommandSpec {
     pub limits: SandboxLimits,
     /// Further directories bound read-write at the same path (e.g. a per-feature cache).
     pub writable_extra: Vec<PathBuf>,
+    /// Most processes (threads included) alive at once in the sandbox, through the run's
+    /// cgroup: contains fork bombs. Defaults to [`DEFAULT_MAX_PIDS`]. (Here rather than in
+    /// `SandboxLimits` because callers build that struct with a literal.)
+    pub max_pids: Option<u32>,
+    /// Cap in MB on what the command may add to the working copy and `writable_extra`
+    /// (measured during and after the run; over it the command is killed and fails with
+    /// `killed_by = "disk limit"`), and the size of the private `/tmp` tmpfs under bwrap.
+    pub max_disk_mb: Option<u64>,
 }
+
+/// Default [`CommandSpec::max_pids`]: room for a parallel build (threads count too:
+/// cargo -j16 with rustc's codegen threads runs a few hundred) but not for a fork bomb.
+pub const DEFAULT_MAX_PIDS: u32 = 1024;
 
 impl CommandSpec {
     /// A spec with default limits, no extra env and no extra writable directories.
@@ -70,6 +89,8 @@ impl CommandSpec {
             env: Vec::new(),
             limits: SandboxLimits::default(),
             writable_extra: Vec::new(),
+            max_pids: Some(DEFAULT_MAX_PIDS),
+            max_disk_mb: None,
         }
     }
 }
@@ -93,12 +114,18 @@ pub struct ExecOutcome {
     pub enforced_limits: Vec<String>,
     /// Requested limits this runtime could not apply, e.g. `memory=512MB`.
     pub unenforced_limits: Vec<String>,
+    /// The limit that ended or failed the run: `timeout`, `memory limit` (OOM kill in the
+    /// run's cgroup) or `disk limit`.
+    pub killed_by: Option<String>,
+    /// Every limit the command ran into, with figures, e.g. `pids: 1488 fork(s) refused`
+    /// (a refused fork does not end a run by itself; the command sees EAGAIN).
+    pub limits_hit: Vec<String>,
 }
 
 impl ExecOutcome {
-    /// Exited by itself with code 0.
+    /// Exited by itself with code 0 and no limit ended or failed it.
     pub fn success(&self) -> bool {
-        !self.timed_out && self.exit_code == Some(0)
+        !self.timed_out && self.killed_by.is_none() && self.exit_code == Some(0)
     }
 }
 

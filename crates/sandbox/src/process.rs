@@ -3,7 +3,7 @@
 //! private temporary HOME and enforces time and output limits, but the command can read and
 //! write whatever the host user can, and reach the network.
 
-use crate::exec::{check_spec, common_enforced, supervise, unenforced_limits};
+use crate::exec::{RunLimits, check_spec, common_enforced, supervise};
 use crate::toolchain::Toolchains;
 use crate::{CommandSpec, RunFuture, SandboxError, SandboxRuntime};
 
@@ -48,7 +48,8 @@ impl SandboxRuntime for ProcessRuntime {
                 .envs(self.toolchains.base_env(home.path()))
                 .envs(spec.env.iter().map(|(k, v)| (k, v)));
             let enforced = common_enforced(spec);
-            let outcome = supervise(cmd, spec, Self::NAME, enforced, unenforced_limits(spec)).await;
+            let limits = RunLimits::prepare(spec, &checked).await;
+            let outcome = supervise(cmd, spec, Self::NAME, enforced, limits).await;
             drop(home);
             outcome
         })

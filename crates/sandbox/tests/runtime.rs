@@ -1,136 +1,17 @@
-//! Real processes under the real runtimes: isolation properties of bwrap, limits, and real
-//! toolchains (cargo, pytest, node) running inside the sandbox.
+//! Real processes under the real runtimes: exit codes, background jobs, cancellation, and
+//! real toolchains (cargo, pytest, node) running inside the sandbox. Hostile workloads and
+//! limits are in `escape_tests.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bwrap, host_dir, processes_mentioning, run, spec};
+
 use builder_sandbox::{
-    BwrapRuntime, CommandSpec, ExecOutcome, ProcessRuntime, SandboxLimits, SandboxRuntime,
-    TestCounts, TestFramework, parse_test_counts,
+    ProcessRuntime, SandboxRuntime, TestCounts, TestFramework, parse_test_counts,
 };
-
-fn bwrap() -> BwrapRuntime {
-    BwrapRuntime::detect()
-        .expect("bubblewrap must work on this machine (apt-get install bubblewrap)")
-}
-
-/// A temp dir outside `/tmp` (which the sandbox replaces by its own tmpfs), so that
-/// "cannot see the host" is tested against a path that does exist on the host.
-fn host_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("sbx-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-fn spec(workdir: &Path, command: &str) -> CommandSpec {
-    CommandSpec {
-        limits: SandboxLimits {
-            timeout: Duration::from_secs(60),
-            ..SandboxLimits::default()
-        },
-        ..CommandSpec::new(workdir, command)
-    }
-}
-
-async fn run(rt: &dyn SandboxRuntime, spec: &CommandSpec) -> ExecOutcome {
-    rt.run(spec).await.unwrap()
-}
-
-#[tokio::test]
-async fn bwrap_workdir_is_writable_and_nothing_else_of_the_host_is() {
-    let base = host_dir();
-    let work = base.path().join("work");
-    let sibling = base.path().join("sibling");
-    let extra = base.path().join("cache");
-    for d in [&work, &sibling, &extra] {
-        std::fs::create_dir(d).unwrap();
-    }
-    std::fs::write(sibling.join("secret.txt"), "host secret").unwrap();
-    let cmd = format!(
-        "echo hi > out.txt && cat out.txt && pwd; \
-         touch {extra}/cached && echo EXTRA_OK; \
-         touch /usr/builder-x 2>/dev/null && echo USR_WRITABLE; \
-         touch {sib}/new 2>/dev/null && echo SIBLING_WRITABLE; \
-         cat {sib}/secret.txt 2>/dev/null; \
-         ls /root/.cargo/credentials.toml 2>/dev/null && echo CREDS_VISIBLE; \
-         cat /etc/pip.conf 2>/dev/null && echo ETC_PIP_VISIBLE; \
-         exit 0",
-        extra = extra.display(),
-        sib = sibling.display()
-    );
-    let s = CommandSpec {
-        writable_extra: vec![extra.clone()],
-        ..spec(&work, &cmd)
-    };
-    let out = run(&bwrap(), &s).await;
-    assert!(out.success(), "{out:?}");
-    assert!(
-        out.output
-            .contains(&format!("hi\n{}\n", work.canonicalize().unwrap().display())),
-        "{}",
-        out.output
-    );
-    assert!(out.output.contains("EXTRA_OK"), "{}", out.output);
-    for leak in [
-        "USR_WRITABLE",
-        "SIBLING_WRITABLE",
-        "host secret",
-        "CREDS_VISIBLE",
-        "ETC_PIP_VISIBLE",
-    ] {
-        assert!(!out.output.contains(leak), "{leak}: {}", out.output);
-    }
-    assert_eq!(
-        std::fs::read_to_string(work.join("out.txt")).unwrap(),
-        "hi\n"
-    );
-    assert!(extra.join("cached").exists());
-    assert!(!sibling.join("new").exists());
-    assert!(!Path::new("/usr/builder-x").exists());
-    assert!(out.enforced_limits.iter().any(|l| l == "network=none"));
-}
-
-#[tokio::test]
-async fn bwrap_has_no_network_while_the_process_runtime_does() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dir = host_dir();
-    let cmd = format!(
-        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo CONNECTED || echo REFUSED"
-    );
-    let s = spec(dir.path(), &cmd);
-    let control = run(&ProcessRuntime::new(), &s).await;
-    assert!(
-        control.output.contains("CONNECTED"),
-        "control: {}",
-        control.output
-    );
-    let out = run(&bwrap(), &s).await;
-    assert!(out.output.contains("REFUSED"), "{}", out.output);
-    assert!(!out.output.contains("CONNECTED"), "{}", out.output);
-}
-
-#[tokio::test]
-async fn timeout_kills_the_command() {
-    let dir = host_dir();
-    let rts: [Box<dyn SandboxRuntime>; 2] = [Box::new(bwrap()), Box::new(ProcessRuntime::new())];
-    for rt in rts {
-        let mut s = spec(dir.path(), "echo started; sleep 100");
-        s.limits.timeout = Duration::from_millis(800);
-        let out = run(rt.as_ref(), &s).await;
-        assert!(out.timed_out, "{}: {out:?}", rt.name());
-        assert_eq!(out.exit_code, None);
-        assert!(!out.success());
-        assert!(out.output.contains("started"), "{}", out.output);
-        assert!(
-            out.duration < Duration::from_secs(5),
-            "{}: {:?}",
-            rt.name(),
-            out.duration
-        );
-    }
-}
 
 #[tokio::test]
 async fn background_processes_do_not_keep_a_finished_command_alive() {
@@ -150,31 +31,6 @@ async fn background_processes_do_not_keep_a_finished_command_alive() {
 }
 
 #[tokio::test]
-async fn output_is_combined_and_capped_keeping_the_tail() {
-    let dir = host_dir();
-    let mut s = spec(dir.path(), "echo to-stderr >&2; seq 1 200000");
-    s.limits.max_output_bytes = 1000;
-    let out = run(&bwrap(), &s).await;
-    assert_eq!(out.exit_code, Some(0));
-    assert!(out.output.len() <= 1000, "{}", out.output.len());
-    assert!(
-        out.output.starts_with("[builder-sandbox: output truncated"),
-        "{}",
-        out.output
-    );
-    assert!(out.output.ends_with("199999\n200000\n"));
-    assert!(!out.output.contains("to-stderr"), "the head was dropped");
-    let expected: u64 = "to-stderr\n".len() as u64
-        + (1..=200000)
-            .map(|i| format!("{i}\n").len() as u64)
-            .sum::<u64>();
-    assert_eq!(out.output_bytes_total, expected);
-
-    let small = run(&bwrap(), &spec(dir.path(), "echo out; echo err >&2")).await;
-    assert_eq!(small.output, "out\nerr\n");
-}
-
-#[tokio::test]
 async fn exit_codes_propagate() {
     let dir = host_dir();
     let rts: [Box<dyn SandboxRuntime>; 2] = [Box::new(bwrap()), Box::new(ProcessRuntime::new())];
@@ -188,38 +44,6 @@ async fn exit_codes_propagate() {
         let killed = run(rt.as_ref(), &spec(dir.path(), "kill -9 $$")).await;
         assert!(!killed.success(), "{}: {killed:?}", rt.name());
     }
-}
-
-#[tokio::test]
-async fn requested_memory_and_cpu_limits_are_reported_as_not_enforced() {
-    let dir = host_dir();
-    let mut s = spec(dir.path(), "true");
-    s.limits.memory_mb = Some(512);
-    s.limits.cpu = Some(1.5);
-    let out = run(&bwrap(), &s).await;
-    assert_eq!(
-        out.unenforced_limits,
-        vec!["memory=512MB".to_string(), "cpu=1.5".to_string()]
-    );
-    assert!(!out.enforced_limits.iter().any(|l| l.starts_with("memory")));
-    let plain = run(&bwrap(), &spec(dir.path(), "true")).await;
-    assert!(plain.unenforced_limits.is_empty());
-}
-
-fn processes_mentioning(token: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(token) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    entry.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]

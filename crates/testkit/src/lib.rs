@@ -1,6 +1,7 @@
 //! builder-testkit: helpers that other crates' tests use to talk to real things — a real
 //! git smart-HTTP server (`git http-backend` behind basic auth), real bare repositories made
-//! with the git CLI, and a TCP server that never answers (for timeout tests).
+//! with the git CLI, a real OpenSSH server on a loopback port (`sshd`, own host key and
+//! authorized_keys), and a TCP server that never answers (for timeout tests).
 //!
 //! It is a dev-dependency only: no production crate may depend on it, and it must not depend
 //! on any builder crate, so that every crate's tests can use it without cycles.
@@ -8,10 +9,12 @@
 mod http_server;
 mod repo;
 mod silent;
+mod ssh_server;
 
 pub use http_server::{GitHttpServer, RecordedRequest};
-pub use repo::{git_command, make_bare_repo, read_branch_file};
+pub use repo::{add_commit, git_command, make_bare_repo, read_branch_file};
 pub use silent::{SilentServer, closed_port};
+pub use ssh_server::{SshServer, generate_ssh_key};
 
 /// Why a test helper could not do its job.
 #[derive(Debug, thiserror::Error)]

@@ -106,6 +106,71 @@ pub fn make_bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> Result
     Ok(bare)
 }
 
+/// Adds one commit on top of `branch` of the bare repository `bare` that writes `files`
+/// (`(path, contents)`, relative `/`-separated paths) and returns the new commit's id — a
+/// remote that moved on, as seen by a mirror or working copy made earlier.
+pub fn add_commit(
+    bare: &Path,
+    branch: &str,
+    files: &[(&str, &[u8])],
+    message: &str,
+) -> Result<String> {
+    let scratch = tempfile::tempdir().map_err(io_err("creating a scratch dir"))?;
+    let work = scratch.path().join("work");
+    let work_str = work.to_string_lossy().into_owned();
+    let bare_str = bare.to_string_lossy().into_owned();
+    run(
+        git_command(),
+        &[
+            "clone",
+            "--quiet",
+            "--no-local",
+            "--branch",
+            branch,
+            &bare_str,
+            &work_str,
+        ],
+    )?;
+    for (path, contents) in files {
+        let rel = Path::new(path);
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(TestkitError::InvalidInput(format!("file path {path:?}")));
+        }
+        let full = work.join(rel);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        std::fs::write(&full, contents).map_err(io_err(format!("writing {}", full.display())))?;
+    }
+    run(git_command(), &["-C", &work_str, "add", "-A"])?;
+    run(
+        git_command(),
+        &[
+            "-C",
+            &work_str,
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "-m",
+            message,
+        ],
+    )?;
+    run(
+        git_command(),
+        &[
+            "-C",
+            &work_str,
+            "push",
+            "--quiet",
+            &bare_str,
+            &format!("HEAD:refs/heads/{branch}"),
+        ],
+    )?;
+    let sha = run(git_command(), &["-C", &work_str, "rev-parse", "HEAD"])?;
+    Ok(String::from_utf8_lossy(&sha).trim().to_owned())
+}
+
 /// The contents of `path` on `branch` of a bare repository, or `None` if the branch or the
 /// file does not exist.
 pub fn read_branch_file(bare: &Path, branch: &str, path: &str) -> Option<String> {
@@ -153,6 +218,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8_lossy(&head).trim(), "refs/heads/main");
+    }
+
+    #[test]
+    fn add_commit_moves_the_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = make_bare_repo(dir.path(), "demo", &[("a.txt", "1\n")]).unwrap();
+        let sha = add_commit(&bare, "main", &[("b/c.txt", b"2\n")], "second").unwrap();
+        assert_eq!(sha.len(), 40);
+        assert_eq!(
+            read_branch_file(&bare, "main", "b/c.txt").as_deref(),
+            Some("2\n")
+        );
+        assert!(add_commit(&bare, "main", &[("../x", b"y")], "evil").is_err());
     }
 
     #[test]

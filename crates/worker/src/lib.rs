@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub workspace_base: PathBuf,
     /// Patches and logs per feature.
     pub artifacts_base: PathBuf,
+    /// One bare mirror per repository; working copies are made from it.
+    pub mirror_root: PathBuf,
     pub sandbox_timeout: Duration,
     pub sandbox_memory_mb: Option<u64>,
     pub sandbox_cpu: Option<f32>,

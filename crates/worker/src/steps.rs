@@ -307,10 +307,18 @@ impl Run<'_> {
         let mut attempt = 0;
         let head = loop {
             attempt += 1;
+            // Fetch into the repository's mirror (incremental, locked), then make the
+            // working copy from it locally.
             let result = self
                 .w
                 .git
-                .clone_repo(&repo.url, &workdir, Some(&target), &credential)
+                .prepare_working_copy(
+                    &repo.url,
+                    &credential,
+                    &self.w.config.mirror_root,
+                    &workdir,
+                    Some(&target),
+                )
                 .await;
             match result {
                 Ok(head) => break Ok(head),
@@ -983,15 +991,17 @@ impl Run<'_> {
                 timed_out: out.timed_out,
                 duration_ms: out.duration.as_millis() as u64,
                 output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
+                killed_by: out.killed_by.clone(),
+                limits_hit: out.limits_hit.clone(),
             }])
             .await?;
             if !success {
-                let why = if out.timed_out {
-                    "the build timed out"
-                } else {
-                    "the build failed"
+                // The model gets told when a sandbox limit, not its code, stopped the build.
+                let why = match &out.killed_by {
+                    Some(limit) => format!("the build was stopped by the sandbox's {limit}"),
+                    None => "the build failed".to_string(),
                 };
-                failure = Some((why.to_string(), tail(&out.output, EVENT_OUTPUT_BYTES)));
+                failure = Some((why, tail(&out.output, EVENT_OUTPUT_BYTES)));
             }
         }
         let mut test_summary = String::new();
@@ -1018,6 +1028,8 @@ impl Run<'_> {
                 ignored: counts.ignored,
                 duration_ms: out.duration.as_millis() as u64,
                 output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
+                killed_by: out.killed_by.clone(),
+                limits_hit: out.limits_hit.clone(),
             }])
             .await?;
             test_summary = format!(
@@ -1025,8 +1037,8 @@ impl Run<'_> {
                 counts.passed, counts.failed, counts.ignored
             );
             if !success {
-                let why = if out.timed_out {
-                    "the tests timed out".to_string()
+                let why = if let Some(limit) = &out.killed_by {
+                    format!("the tests were stopped by the sandbox's {limit}")
                 } else if counts.executed() == 0 && out.success() {
                     "no test was executed".to_string()
                 } else {
@@ -1089,10 +1101,19 @@ impl Run<'_> {
     }
 
     fn enforced_limits(&self) -> Vec<String> {
-        vec![format!(
+        let mut limits = vec![format!(
             "timeout {}s",
             self.w.config.sandbox_timeout.as_secs()
-        )]
+        )];
+        if let Some(mb) = self.w.config.sandbox_memory_mb {
+            limits.push(format!("memory {mb} MB requested"));
+        }
+        if let Some(cpu) = self.w.config.sandbox_cpu {
+            limits.push(format!("cpu {cpu} requested"));
+        }
+        // What the host can actually enforce; each run's outcome says what held.
+        limits.push(builder_sandbox::describe_limits());
+        limits
     }
 
     async fn sandboxed(&self, command: &str) -> Result<ExecOutcome, StepError> {
