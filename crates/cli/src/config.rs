@@ -25,6 +25,7 @@ pub struct Config {
     pub keep_workspaces: bool,
     pub max_concurrent_sandboxes: usize,
     pub max_concurrent_llm_calls: usize,
+    pub step_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -154,6 +155,7 @@ impl Config {
             keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
             max_concurrent_sandboxes: positive("BUILDER_MAX_CONCURRENT_SANDBOXES", 2)?,
             max_concurrent_llm_calls: positive("BUILDER_MAX_CONCURRENT_LLM_CALLS", 16)?,
+            step_timeout: secs("BUILDER_STEP_TIMEOUT_SECONDS", 1800)?,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_json,
         })

@@ -220,6 +220,7 @@ pub async fn serve(config: Config) -> Result<()> {
             keep_workspaces: config.keep_workspaces,
             max_concurrent_sandboxes: config.max_concurrent_sandboxes,
             max_concurrent_llm_calls: config.max_concurrent_llm_calls,
+            step_timeout: config.step_timeout,
         },
     );
     let handler: Handler = {

@@ -1304,3 +1304,26 @@ async fn a_recorded_feature_replays_without_an_llm_to_the_same_events() {
         .collect();
     assert!(providers.iter().all(|p| *p == "replay"), "{providers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_runs_too_long_ends_the_feature_with_timeout() {
+    let (_root, _bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![Entry::text(ANALYSIS).delay_ms(60_000)]))
+        .await
+        .unwrap();
+    let mut env = llm_env(&llm);
+    env.push(("BUILDER_STEP_TIMEOUT_SECONDS", "2".into()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(20));
+    assert_eq!(execution["error"]["code"], "TIMEOUT", "{execution}");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BUILDER_STEP_TIMEOUT_SECONDS"),
+        "{execution}"
+    );
+    assert_gapless(&events(&server, &id));
+}

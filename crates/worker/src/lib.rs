@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     pub context_max_bytes: usize,
     /// Keep working copies after a feature ends (for debugging).
     pub keep_workspaces: bool,
+    /// The longest one step (clone, one LLM exchange, a verification…) may run.
+    pub step_timeout: Duration,
     /// Builds/tests running at once across all features (back-pressure).
     pub max_concurrent_sandboxes: usize,
     /// LLM calls in flight at once across all features.
@@ -165,13 +167,22 @@ impl Worker {
             let remaining = (deadline - chrono::Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
-            let timed_out_feature = feature.clone();
             let outcome = tokio::select! {
                 r = steps::run(&self, feature, events, step.clone()) => r,
                 // The guard `wait_for` returns must not live across the timeout branch's await.
                 _ = async { let _ = rx.wait_for(|v| *v).await; } => Err(StepError::Interrupted),
                 _ = tokio::time::sleep(remaining) => {
-                    self.time_out(&timed_out_feature, minutes).await
+                    let why = format!(
+                        "the feature ran longer than its limit of {minutes} minute(s) (constraints.timeout_minutes)"
+                    );
+                    self.time_out(id, why).await
+                }
+                _ = tokio::time::sleep(self.config.step_timeout) => {
+                    let why = format!(
+                        "the {step:?} step ran longer than {} s (BUILDER_STEP_TIMEOUT_SECONDS)",
+                        self.config.step_timeout.as_secs()
+                    );
+                    self.time_out(id, why).await
                 }
             };
             match outcome {
@@ -206,27 +217,36 @@ impl Worker {
         }
     }
 
-    /// The whole feature ran past `constraints.timeout_minutes`: the running step was
-    /// dropped (killing its child processes) and the feature ends with TIMEOUT.
-    async fn time_out(&self, feature: &Feature, minutes: u32) -> Result<(), StepError> {
-        let error = builder_core::event::ExecutionError {
-            code: builder_core::event::ErrorCode::Timeout,
-            message: format!(
-                "the feature ran longer than its limit of {minutes} minute(s) (constraints.timeout_minutes)"
-            ),
-            details: String::new(),
-            retryable: true,
-            failed_step: feature.state.phase().to_string(),
-        };
-        builder_store::append_events(
-            &*self.store,
-            feature,
-            vec![builder_core::event::Event::FeatureFailed { error }],
-            None,
-            PRODUCER,
-        )
-        .await?;
-        Ok(())
+    /// The feature ran past `constraints.timeout_minutes`, or one step past the step
+    /// timeout: the running step was dropped (killing its child processes) and the feature
+    /// ends with TIMEOUT.
+    async fn time_out(&self, id: FeatureId, message: String) -> Result<(), StepError> {
+        // The step appended events before it was dropped: decide on the stream as it is now.
+        for _ in 0..10 {
+            let feature = match self.load(id).await {
+                Ok(Some((feature, _))) => feature,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(StepError::Infrastructure(e)),
+            };
+            if feature.state.is_terminal() {
+                return Ok(());
+            }
+            let error = builder_core::event::ExecutionError {
+                code: builder_core::event::ErrorCode::Timeout,
+                message: message.clone(),
+                details: String::new(),
+                retryable: true,
+                failed_step: feature.state.phase().to_string(),
+            };
+            let failed = vec![builder_core::event::Event::FeatureFailed { error }];
+            match builder_store::append_events(&*self.store, &feature, failed, None, PRODUCER).await
+            {
+                Ok(_) => return Ok(()),
+                Err(builder_store::AppendError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StepError::Conflict)
     }
 
     async fn load(&self, id: FeatureId) -> Result<Option<(Feature, Vec<EventEnvelope>)>, String> {
