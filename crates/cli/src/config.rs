@@ -25,6 +25,8 @@ pub struct Config {
     pub keep_workspaces: bool,
     pub max_concurrent_sandboxes: usize,
     pub max_concurrent_llm_calls: usize,
+    pub max_sandboxes_per_repository: usize,
+    pub max_llm_calls_per_repository: usize,
     pub step_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
@@ -156,6 +158,14 @@ impl Config {
             max_concurrent_sandboxes: positive("BUILDER_MAX_CONCURRENT_SANDBOXES", 2)?,
             max_concurrent_llm_calls: positive("BUILDER_MAX_CONCURRENT_LLM_CALLS", 16)?,
             step_timeout: secs("BUILDER_STEP_TIMEOUT_SECONDS", 1800)?,
+            max_sandboxes_per_repository: positive(
+                "BUILDER_MAX_SANDBOXES_PER_REPOSITORY",
+                usize::MAX,
+            )?,
+            max_llm_calls_per_repository: positive(
+                "BUILDER_MAX_LLM_CALLS_PER_REPOSITORY",
+                usize::MAX,
+            )?,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_json,
         })

@@ -221,6 +221,13 @@ pub async fn serve(config: Config) -> Result<()> {
             max_concurrent_sandboxes: config.max_concurrent_sandboxes,
             max_concurrent_llm_calls: config.max_concurrent_llm_calls,
             step_timeout: config.step_timeout,
+            // Unset: a repository may use every global slot.
+            max_sandboxes_per_repository: config
+                .max_sandboxes_per_repository
+                .min(config.max_concurrent_sandboxes),
+            max_llm_calls_per_repository: config
+                .max_llm_calls_per_repository
+                .min(config.max_concurrent_llm_calls),
         },
     );
     let handler: Handler = {

@@ -1030,7 +1030,8 @@ async fn a_full_llm_slot_makes_features_wait_visibly() {
     .await
     .unwrap();
     let mut env = llm_env(&llm);
-    env.push(("BUILDER_MAX_CONCURRENT_LLM_CALLS", "1".into()));
+    // One LLM call at a time for this repository (the global cap stays at its default).
+    env.push(("BUILDER_MAX_LLM_CALLS_PER_REPOSITORY", "1".into()));
     let server = start_server(&env);
     let repo_id = register(&server, &git, GIT_PASSWORD);
     let a = create(&server, &repo_id);
@@ -1048,6 +1049,15 @@ async fn a_full_llm_slot_makes_features_wait_visibly() {
         assert!(Instant::now() < deadline, "nobody waited: {ta:?} {tb:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    let waited = events(&server, &waiting);
+    let wait = waited.iter().find(|e| e["type"] == "step.waiting").unwrap();
+    assert!(
+        wait["payload"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("for this repository"),
+        "{wait}"
+    );
     let (_, got) = call(
         &server,
         "builder.feature.v1.FeatureService/Get",

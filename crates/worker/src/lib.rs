@@ -10,7 +10,7 @@
 
 mod steps;
 
-use builder_core::{EventEnvelope, Feature, FeatureId, NextStep};
+use builder_core::{EventEnvelope, Feature, FeatureId, NextStep, RepositoryId};
 use builder_git::Git;
 use builder_llm::{LlmSettings, Sidecar};
 use builder_sandbox::SandboxRuntime;
@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub max_concurrent_sandboxes: usize,
     /// LLM calls in flight at once across all features.
     pub max_concurrent_llm_calls: usize,
+    /// The same caps within one repository.
+    pub max_sandboxes_per_repository: usize,
+    pub max_llm_calls_per_repository: usize,
 }
 
 /// The LLM as the worker sees it: either ready, or a clear statement of what is missing.
@@ -66,6 +69,7 @@ pub struct Worker {
     pub(crate) config: WorkerConfig,
     pub(crate) sandbox_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) llm_slots: Arc<tokio::sync::Semaphore>,
+    repo_slots: Mutex<HashMap<(steps::Resource, RepositoryId), Arc<tokio::sync::Semaphore>>>,
     running: Mutex<HashMap<FeatureId, watch::Sender<bool>>>,
 }
 
@@ -112,8 +116,25 @@ impl Worker {
             config,
             sandbox_slots,
             llm_slots,
+            repo_slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub(crate) fn repository_slots(
+        &self,
+        resource: steps::Resource,
+        repo: RepositoryId,
+        total: usize,
+    ) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self
+            .repo_slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .entry((resource, repo))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(total.max(1))))
+            .clone()
     }
 
     pub fn workdir(&self, id: FeatureId) -> PathBuf {

@@ -11,12 +11,13 @@ use builder_llm::{Called, LlmClient, LlmError};
 use builder_sandbox::{CommandSpec, ExecOutcome, SandboxLimits, TestFramework};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Attempts of a git network operation before a transient failure fails the feature.
 const MAX_ATTEMPTS: u32 = 4;
 
-#[derive(Clone, Copy)]
-enum Resource {
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Resource {
     Sandbox,
     Llm,
 }
@@ -105,34 +106,46 @@ impl Run<'_> {
 
     /// Waits for a shared slot; when none is free the wait itself is an event, so users
     /// see why nothing moves.
-    async fn slot(
-        &mut self,
-        resource: Resource,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, StepError> {
-        let (semaphore, total, what) = match resource {
+    async fn slot(&mut self, resource: Resource) -> Result<Vec<OwnedSemaphorePermit>, StepError> {
+        let repo = self.feature.spec.repository_id;
+        let (what, global, global_total, per_repo_total) = match resource {
             Resource::Sandbox => (
+                "sandbox",
                 self.w.sandbox_slots.clone(),
                 self.w.config.max_concurrent_sandboxes,
-                "sandbox",
+                self.w.config.max_sandboxes_per_repository,
             ),
             Resource::Llm => (
+                "LLM",
                 self.w.llm_slots.clone(),
                 self.w.config.max_concurrent_llm_calls,
-                "LLM",
+                self.w.config.max_llm_calls_per_repository,
             ),
         };
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(permit);
+        let per_repo = self.w.repository_slots(resource, repo, per_repo_total);
+        // The repository's own cap first, so one busy repository queues behind itself and
+        // does not hold global slots while it waits.
+        let mut permits = Vec::with_capacity(2);
+        for (semaphore, total, scope) in [
+            (per_repo, per_repo_total, "for this repository"),
+            (global, global_total, "in total"),
+        ] {
+            if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                permits.push(permit);
+                continue;
+            }
+            self.emit(vec![Event::StepWaiting {
+                resource: what.to_lowercase(),
+                detail: format!("waiting for a {what} slot (all {total} {scope} in use)"),
+            }])
+            .await?;
+            permits.push(
+                semaphore.acquire_owned().await.map_err(|_| {
+                    StepError::Infrastructure(format!("the {what} slots were closed"))
+                })?,
+            );
         }
-        self.emit(vec![Event::StepWaiting {
-            resource: what.to_lowercase(),
-            detail: format!("waiting for a {what} slot (all {total} in use)"),
-        }])
-        .await?;
-        semaphore
-            .acquire_owned()
-            .await
-            .map_err(|_| StepError::Infrastructure(format!("the {what} slots were closed")))
+        Ok(permits)
     }
 
     /// Records a transient failure and sleeps an exponential, jittered delay.
