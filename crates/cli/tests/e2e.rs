@@ -1325,7 +1325,19 @@ async fn a_step_that_runs_too_long_ends_the_feature_with_timeout() {
     env.push(("BUILDER_STEP_TIMEOUT_SECONDS", "2".into()));
     let server = start_server(&env);
     let repo_id = register(&server, &git, GIT_PASSWORD);
-    let id = create(&server, &repo_id);
+    // The feature picks its own model; provider and key stay the server's.
+    let (code, body) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Create",
+        json!({"spec": {
+            "title": "Slow model",
+            "description": "A feature whose model never answers in time.",
+            "repositoryId": repo_id,
+            "properties": {"llm.model": "feature-chosen-model"},
+        }}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = body["execution"]["id"].as_str().unwrap().to_string();
     let execution = wait_terminal(&server, &id, Duration::from_secs(20));
     assert_eq!(execution["error"]["code"], "TIMEOUT", "{execution}");
     assert!(
@@ -1335,5 +1347,17 @@ async fn a_step_that_runs_too_long_ends_the_feature_with_timeout() {
             .contains("BUILDER_STEP_TIMEOUT_SECONDS"),
         "{execution}"
     );
-    assert_gapless(&events(&server, &id));
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    let invocation = events
+        .iter()
+        .find(|e| e["type"] == "llm.invocation.started")
+        .unwrap();
+    assert_eq!(invocation["payload"]["model"], "feature-chosen-model");
+    assert!(
+        llm.requests()[0]
+            .body
+            .to_string()
+            .contains("feature-chosen-model")
+    );
 }

@@ -75,6 +75,10 @@ fn check_rel_path(field: &str, p: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A feature property that picks the model for this feature (the provider and key stay the
+/// server's).
+pub const LLM_MODEL_PROPERTY: &str = "llm.model";
+
 impl FeatureSpec {
     pub const DEFAULT_MAX_STEPS: u32 = 10;
     pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
@@ -133,6 +137,15 @@ impl FeatureSpec {
         }
         if self.properties.len() > 64 {
             return Err(err("spec.properties", "at most 64 properties"));
+        }
+        if let Some(model) = self.properties.get(LLM_MODEL_PROPERTY) {
+            let n = model.trim().chars().count();
+            if !(1..=200).contains(&n) || model.chars().any(char::is_control) {
+                return Err(err(
+                    "spec.properties",
+                    format!("{LLM_MODEL_PROPERTY} must be 1–200 printable characters"),
+                ));
+            }
         }
         Ok(())
     }
@@ -247,6 +260,12 @@ mod tests {
             (
                 Box::new(|s| s.constraints.timeout_minutes = 121),
                 "spec.constraints.timeout_minutes",
+            ),
+            (
+                Box::new(|s| {
+                    s.properties.insert(LLM_MODEL_PROPERTY.into(), "".into());
+                }),
+                "spec.properties",
             ),
             (
                 Box::new(|s| s.constraints.forbidden_paths = vec!["a/../..".into()]),

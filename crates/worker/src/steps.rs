@@ -179,9 +179,28 @@ impl Run<'_> {
         }
     }
 
+    /// The configured provider settings, with the feature's own `llm.model` if it names one.
+    fn llm_settings(&self) -> Option<builder_llm::LlmSettings> {
+        let Llm::Ready { settings, .. } = &self.w.llm else {
+            return None;
+        };
+        let mut settings = settings.clone();
+        if let Some(model) = self
+            .feature
+            .spec
+            .properties
+            .get(builder_core::spec::LLM_MODEL_PROPERTY)
+        {
+            settings.model = model.clone();
+        }
+        Some(settings)
+    }
+
     fn llm(&self) -> Result<LlmClient, String> {
         match &self.w.llm {
-            Llm::Ready { sidecar, settings } => Ok(sidecar.client(settings.clone())),
+            Llm::Ready { sidecar, .. } => {
+                Ok(sidecar.client(self.llm_settings().ok_or("the LLM settings vanished")?))
+            }
             Llm::Replay(replay) => Ok(LlmClient::replay(replay.clone())),
             Llm::Unavailable(why) => Err(why.clone()),
         }
@@ -194,7 +213,10 @@ impl Run<'_> {
         fut: impl std::future::Future<Output = Result<Called<T>, LlmError>>,
     ) -> Result<Result<T, LlmError>, StepError> {
         let (provider, model) = match &self.w.llm {
-            Llm::Ready { settings, .. } => (settings.provider.clone(), settings.model.clone()),
+            Llm::Ready { .. } => match self.llm_settings() {
+                Some(s) => (s.provider, s.model),
+                None => (String::new(), String::new()),
+            },
             Llm::Replay(_) => ("replay".to_string(), "transcript".to_string()),
             Llm::Unavailable(_) => (String::new(), String::new()),
         };
