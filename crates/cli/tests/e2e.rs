@@ -1361,3 +1361,136 @@ async fn a_step_that_runs_too_long_ends_the_feature_with_timeout() {
             .contains("feature-chosen-model")
     );
 }
+
+/// A GitHub stand-in with the documented pulls endpoints; it refuses a pull request for a
+/// branch the real git server does not have.
+async fn fake_github(
+    bare: PathBuf,
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    type Pulls = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+    let pulls: Pulls = Default::default();
+    let authorized = move |h: &HeaderMap| {
+        h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {token}"))
+    };
+    let list = {
+        move |State(p): State<Pulls>, h: HeaderMap| async move {
+            if !authorized(&h) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"message": "Bad credentials"})),
+                );
+            }
+            (
+                StatusCode::OK,
+                axum::Json(Value::Array(p.lock().unwrap().clone())),
+            )
+        }
+    };
+    let create = move |State(p): State<Pulls>,
+                       h: HeaderMap,
+                       axum::Json(body): axum::Json<Value>| {
+        let bare = bare.clone();
+        async move {
+            if !authorized(&h) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"message": "Bad credentials"})),
+                );
+            }
+            let head = body["head"].as_str().unwrap_or_default().to_string();
+            let exists = Command::new("git")
+                .arg("--git-dir")
+                .arg(&bare)
+                .args([
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("refs/heads/{head}"),
+                ])
+                .status()
+                .unwrap()
+                .success();
+            if !exists {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    axum::Json(
+                        json!({"message": "Validation Failed", "errors": [{"field": "head", "code": "invalid"}]}),
+                    ),
+                );
+            }
+            let mut p = p.lock().unwrap();
+            let number = p.len() as u64 + 1;
+            let pr = json!({"number": number, "html_url": format!("https://github.example/acme/app/pull/{number}"),
+                            "state": "open", "head": {"ref": head}, "title": body["title"], "body": body["body"]});
+            p.push(pr.clone());
+            (StatusCode::CREATED, axum::Json(pr))
+        }
+    };
+    let app = axum::Router::new()
+        .route("/repos/acme/app/pulls", get(list).post(create))
+        .route(
+            "/repos/acme/app/pulls/{n}",
+            axum::routing::patch(|UrlPath(n): UrlPath<u64>| async move {
+                axum::Json(json!({"number": n, "html_url": "x"}))
+            }),
+        )
+        .with_state(pulls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, pulls)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_opens_a_pull_request_on_the_forge() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = make_bare_repo(
+        root.path(),
+        "acme/app",
+        &[("calc.py", CALC), ("tests/test_calc.py", TEST_CALC)],
+    )
+    .unwrap();
+    let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
+    let (forge_url, pulls) = fake_github(bare.clone(), GIT_PASSWORD).await;
+    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}]}"#;
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let (code, body) = call(
+        &server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({"name": "gh", "url": git.url("acme/app.git"), "provider": "GITHUB",
+               "properties": {"forge_api_base": forge_url},
+               "credential": {"type": "TOKEN", "token": GIT_PASSWORD, "username": GIT_USER}}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["repository"]["provider"], "GITHUB");
+    let id = create(&server, body["repository"]["id"].as_str().unwrap());
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "COMPLETED", "{execution}");
+    assert_eq!(
+        execution["result"]["pullRequestUrl"], "https://github.example/acme/app/pull/1",
+        "{execution}"
+    );
+    let pulls = pulls.lock().unwrap().clone();
+    assert_eq!(pulls.len(), 1, "one pull request");
+    assert_eq!(pulls[0]["head"]["ref"], execution["result"]["branchName"]);
+    let pr_body = pulls[0]["body"].as_str().unwrap();
+    assert!(
+        pr_body.contains("Plan") && pr_body.contains("passed") && pr_body.contains(&id),
+        "{pr_body}"
+    );
+    let events = events(&server, &id);
+    assert!(types(&events).iter().any(|t| t == "pull_request.opened"));
+    assert_no_secrets(&server, &events);
+}

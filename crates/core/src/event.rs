@@ -300,7 +300,17 @@ pub enum Event {
         retryable: bool,
     },
     #[serde(rename = "pull_request.opened")]
-    PullRequestOpened { url: String, number: u64 },
+    PullRequestOpened {
+        url: String,
+        number: u64,
+        /// False when an open request for the branch existed and was updated instead.
+        #[serde(default = "default_true")]
+        created: bool,
+    },
+    /// The branch is pushed but the forge did not take the pull request; the delivery
+    /// stands, and this says why.
+    #[serde(rename = "pull_request.failed")]
+    PullRequestFailed { reason: String, retryable: bool },
 
     /// The step waits for a shared resource (a sandbox slot, an LLM slot); users see why.
     #[serde(rename = "step.waiting")]
@@ -523,7 +533,14 @@ impl Event {
                 }
             ),
             PushFailed { branch, reason, .. } => format!("push of {branch} failed: {reason}"),
-            PullRequestOpened { url, .. } => format!("pull request opened: {url}"),
+            PullRequestOpened { url, created, .. } => {
+                if *created {
+                    format!("pull request opened: {url}")
+                } else {
+                    format!("pull request updated: {url}")
+                }
+            }
+            PullRequestFailed { reason, .. } => format!("pull request not opened: {reason}"),
             StepWaiting { detail, .. } => detail.clone(),
             StepRetrying {
                 step,
@@ -554,6 +571,10 @@ impl Event {
             }
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn short(sha: &str) -> &str {

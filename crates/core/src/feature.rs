@@ -134,6 +134,9 @@ pub struct Feature {
     pub pushed: bool,
     #[serde(default)]
     pub push_started: bool,
+    /// A pull request was opened, updated, or refused: not to be tried again on resume.
+    #[serde(default)]
+    pub pull_request_attempted: bool,
     pub pull_request_url: Option<String>,
     /// Set while the current step waits for a shared resource.
     #[serde(default)]
@@ -211,6 +214,7 @@ impl Feature {
                     commit_sha: None,
                     pushed: false,
                     push_started: false,
+                    pull_request_attempted: false,
                     pull_request_url: None,
                     waiting_for: None,
                     error: None,
@@ -590,6 +594,12 @@ impl Feature {
                 self.in_states(event, &[S::Verifying])?;
                 self.require(self.pushed, event, "the branch is not pushed")?;
                 self.pull_request_url = Some(url.clone());
+                self.pull_request_attempted = true;
+            }
+            PullRequestFailed { .. } => {
+                self.in_states(event, &[S::Verifying])?;
+                self.require(self.pushed, event, "the branch is not pushed")?;
+                self.pull_request_attempted = true;
             }
             FeatureDelivered { result } => {
                 self.in_states(event, &[S::Verifying])?;

@@ -1427,6 +1427,9 @@ impl Run<'_> {
             .diff_stats(&workdir, &base, &sha)
             .await
             .unwrap_or_default();
+        if !self.feature.pull_request_attempted {
+            self.pull_request(&repo, &branch, &stats).await?;
+        }
         let summary = self
             .feature
             .plan
@@ -1450,6 +1453,116 @@ impl Run<'_> {
             summary,
         };
         self.emit(vec![Event::FeatureDelivered { result }]).await
+    }
+
+    /// Opens (or updates) the pull/merge request where the host has an API and a token
+    /// credential. A refusal does not undo the delivery: the branch is on the remote and
+    /// `pull_request.failed` says why there is no request.
+    async fn pull_request(
+        &mut self,
+        repo: &builder_core::Repository,
+        branch: &str,
+        stats: &builder_git::DiffStats,
+    ) -> Result<(), StepError> {
+        use builder_core::Provider;
+        use builder_forge::ForgeKind;
+        let kind = match repo.provider {
+            Provider::Github => ForgeKind::Github,
+            Provider::Gitlab => ForgeKind::Gitlab,
+            Provider::Bitbucket => ForgeKind::Bitbucket,
+            Provider::Gitea => ForgeKind::Gitea,
+            // Plain git remotes (and Azure DevOps, not built yet): the pushed branch is the result.
+            Provider::Generic | Provider::AzureDevops => return Ok(()),
+        };
+        let token = match self.w.store.get_credential(repo.id).await {
+            Ok(Some((_, secret))) => match serde_json::from_slice::<Credential>(secret.expose()) {
+                Ok(Credential::Token { token, .. }) | Ok(Credential::Oauth { token, .. }) => {
+                    Some(token)
+                }
+                _ => None,
+            },
+            Ok(None) => None,
+            Err(e) => return Err(StepError::Infrastructure(e.to_string())),
+        };
+        let Some(token) = token else {
+            let reason =
+                "opening a pull request needs a TOKEN or OAUTH credential on the repository"
+                    .to_string();
+            return self
+                .emit(vec![Event::PullRequestFailed {
+                    reason,
+                    retryable: false,
+                }])
+                .await;
+        };
+        let api_base = repo.properties.get("forge_api_base").map(String::as_str);
+        let spec = builder_forge::PullRequestSpec {
+            head_branch: branch.to_string(),
+            base_branch: self.feature.target_branch.clone(),
+            title: self.feature.spec.title.clone(),
+            body: self.pull_request_body(stats),
+        };
+        let opened = match builder_forge::forge_for(kind, &repo.url, api_base, &token) {
+            Ok(forge) => forge.open_or_update(&spec).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(pr) => {
+                self.emit(vec![Event::PullRequestOpened {
+                    url: pr.url,
+                    number: pr.number,
+                    created: pr.created,
+                }])
+                .await
+            }
+            Err(e) => {
+                let retryable = e.is_transient();
+                self.emit(vec![Event::PullRequestFailed {
+                    reason: e.to_string(),
+                    retryable,
+                }])
+                .await
+            }
+        }
+    }
+
+    fn pull_request_body(&self, stats: &builder_git::DiffStats) -> String {
+        let spec = &self.feature.spec;
+        let mut body = format!("{}\n\n", spec.description.trim());
+        if !spec.acceptance_criteria.is_empty() {
+            body.push_str("**Acceptance criteria**\n");
+            for c in &spec.acceptance_criteria {
+                body.push_str(&format!("- {c}\n"));
+            }
+            body.push('\n');
+        }
+        if let Some(plan) = &self.feature.plan {
+            body.push_str(&format!("**Plan** — {}\n", plan.summary));
+            for s in &plan.steps {
+                body.push_str(&format!("{}. {}\n", s.index + 1, s.description));
+            }
+            body.push('\n');
+        }
+        body.push_str(&format!(
+            "**Change**: {} file(s), +{} −{}: {}\n\n",
+            stats.files_changed,
+            stats.lines_added,
+            stats.lines_removed,
+            stats.files.join(", ")
+        ));
+        if let Some((passed, failed)) = self.last(|e| match e {
+            Event::TestsCompleted { passed, failed, .. } => Some((passed, failed)),
+            _ => None,
+        }) {
+            body.push_str(&format!(
+                "**Tests**: {passed} passed, {failed} failed (run in builder's sandbox)\n\n"
+            ));
+        }
+        body.push_str(&format!(
+            "Built by builder — feature execution `{}` after {} iteration(s).\n",
+            self.feature.id, self.feature.iteration
+        ));
+        body
     }
 
     fn commit_message(&self) -> String {
