@@ -761,6 +761,16 @@ async fn llm_output_that_never_parses_fails_the_step_clearly() {
         "{execution}"
     );
     assert_eq!(llm.requests().len(), 3, "retried, then gave up");
+    let retries: Vec<Value> = events(&server, &id)
+        .into_iter()
+        .filter(|e| e["type"] == "step.retrying")
+        .collect();
+    assert_eq!(
+        retries.len(),
+        2,
+        "each retried attempt is an event: {retries:?}"
+    );
+    assert_eq!(retries[0]["payload"]["step"], "LLM AnalyzeFeature");
     let _ = Path::new(".");
 }
 

@@ -25,6 +25,16 @@ pub struct Called<T> {
     pub raw: Value,
 }
 
+/// A failed attempt the client is about to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryNotice {
+    pub function: &'static str,
+    pub attempt: u32,
+    /// Redacted: never contains the API key.
+    pub error: String,
+    pub delay_ms: u64,
+}
+
 /// How often to try again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -51,6 +61,8 @@ impl Default for RetryPolicy {
 /// Calls the BAML functions with one provider configuration. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
+    /// Told about every attempt that failed and is retried, so callers can record it.
+    observer: Option<tokio::sync::mpsc::UnboundedSender<RetryNotice>>,
     shared: Option<Arc<Shared>>,
     replay: Option<Arc<crate::replay::Replay>>,
     settings: LlmSettings,
@@ -77,6 +89,7 @@ enum Outcome {
 impl LlmClient {
     pub(crate) fn new(shared: Arc<Shared>, settings: LlmSettings) -> LlmClient {
         LlmClient {
+            observer: None,
             shared: Some(shared),
             replay: None,
             settings,
@@ -88,6 +101,7 @@ impl LlmClient {
     /// provider, deterministic. Its provider reads "replay".
     pub fn replay(replay: Arc<crate::replay::Replay>) -> LlmClient {
         LlmClient {
+            observer: None,
             shared: None,
             replay: Some(replay),
             settings: LlmSettings {
@@ -105,6 +119,32 @@ impl LlmClient {
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> LlmClient {
         self.retry = retry;
         self
+    }
+
+    /// Reports each retried attempt on `tx` (rate limits, overload, unparseable output).
+    pub fn with_retry_observer(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<RetryNotice>,
+    ) -> LlmClient {
+        self.observer = Some(tx);
+        self
+    }
+
+    fn notify(
+        &self,
+        function: &'static str,
+        attempt: u32,
+        error: &LlmError,
+        delay: std::time::Duration,
+    ) {
+        if let Some(tx) = &self.observer {
+            let _ = tx.send(RetryNotice {
+                function,
+                attempt,
+                error: error.to_string(),
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 
     pub fn settings(&self) -> &LlmSettings {
@@ -254,6 +294,7 @@ impl LlmClient {
                 LlmError::Parse { message, .. } if parse_failures < self.retry.parse_retries => {
                     parse_failures += 1;
                     tracing::warn!(function, attempts, %message, "model output did not parse; asking again");
+                    self.notify(function, attempts, &error, std::time::Duration::ZERO);
                 }
                 LlmError::Transient { status, message }
                     if transient_failures < self.retry.transient_retries =>
@@ -261,6 +302,7 @@ impl LlmClient {
                     let delay = self.retry.backoff * 2u32.saturating_pow(transient_failures);
                     transient_failures += 1;
                     tracing::warn!(function, attempts, ?status, %message, ?delay, "transient LLM failure; retrying");
+                    self.notify(function, attempts, &error, delay);
                     tokio::time::sleep(delay).await;
                 }
                 _ => return Err(error),

@@ -20,7 +20,7 @@ mod edits_tests;
 #[cfg(test)]
 mod sidecar_tests;
 
-pub use client::{Called, LlmClient, RetryPolicy};
+pub use client::{Called, LlmClient, RetryNotice, RetryPolicy};
 pub use edits::{AppliedEdit, EditError, apply_edits};
 pub use error::LlmError;
 pub use replay::{Replay, TRANSCRIPT_FILE, transcript_line};

@@ -31,7 +31,14 @@ pub(crate) async fn run(
     events: Vec<EventEnvelope>,
     step: NextStep,
 ) -> Result<(), StepError> {
-    let mut run = Run { w, feature, events };
+    let (retry_tx, retry_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut run = Run {
+        w,
+        feature,
+        events,
+        retry_tx,
+        retry_rx: Some(retry_rx),
+    };
     match step {
         NextStep::Analyze => run.analyze().await,
         NextStep::Plan => run.plan().await,
@@ -48,6 +55,9 @@ struct Run<'a> {
     w: &'a Worker,
     feature: Feature,
     events: Vec<EventEnvelope>,
+    /// The LLM client reports each retried attempt here; `call` records them as events.
+    retry_tx: tokio::sync::mpsc::UnboundedSender<builder_llm::RetryNotice>,
+    retry_rx: Option<tokio::sync::mpsc::UnboundedReceiver<builder_llm::RetryNotice>>,
 }
 
 fn tail(s: &str, max: usize) -> String {
@@ -198,9 +208,9 @@ impl Run<'_> {
 
     fn llm(&self) -> Result<LlmClient, String> {
         match &self.w.llm {
-            Llm::Ready { sidecar, .. } => {
-                Ok(sidecar.client(self.llm_settings().ok_or("the LLM settings vanished")?))
-            }
+            Llm::Ready { sidecar, .. } => Ok(sidecar
+                .client(self.llm_settings().ok_or("the LLM settings vanished")?)
+                .with_retry_observer(self.retry_tx.clone())),
             Llm::Replay(replay) => Ok(LlmClient::replay(replay.clone())),
             Llm::Unavailable(why) => Err(why.clone()),
         }
@@ -228,7 +238,47 @@ impl Run<'_> {
         }])
         .await?;
         let started = Instant::now();
-        let result = fut.await;
+        // Each retried attempt (429, overload, unparseable output) becomes a `step.retrying`
+        // event while the call goes on.
+        let mut notices = self.retry_rx.take();
+        let mut fut = std::pin::pin!(fut);
+        let result = loop {
+            let notice = match notices.as_mut() {
+                Some(rx) => tokio::select! {
+                    r = &mut fut => break r,
+                    n = rx.recv() => n,
+                },
+                None => break fut.await,
+            };
+            if let Some(n) = notice {
+                let event = Event::StepRetrying {
+                    step: format!("LLM {}", n.function),
+                    attempt: n.attempt,
+                    error: n.error,
+                    delay_ms: n.delay_ms,
+                };
+                if let Err(e) = self.emit(vec![event]).await {
+                    self.retry_rx = notices;
+                    return Err(e);
+                }
+            }
+        };
+        // Notices sent just before the call returned still belong to it.
+        let mut late = Vec::new();
+        if let Some(rx) = notices.as_mut() {
+            while let Ok(n) = rx.try_recv() {
+                late.push(Event::StepRetrying {
+                    step: format!("LLM {}", n.function),
+                    attempt: n.attempt,
+                    error: n.error,
+                    delay_ms: n.delay_ms,
+                });
+            }
+        }
+        self.retry_rx = notices;
+        if !late.is_empty() {
+            self.emit(late).await?;
+        }
         if let Ok(called) = &result {
             // The transcript makes the feature replayable without a model.
             let line = builder_llm::transcript_line(function, &called.raw);
