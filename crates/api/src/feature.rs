@@ -41,7 +41,7 @@ impl FeatureApi {
         spec: FeatureSpec,
         correlation_id: String,
         idempotency_key: String,
-        retry_of: Option<FeatureId>,
+        retry_of: Option<(FeatureId, String)>,
     ) -> Result<Feature, ConnectError> {
         let store = self.backend.store();
         if !idempotency_key.is_empty()
@@ -96,7 +96,8 @@ impl FeatureApi {
             feature_branch,
             max_iterations: self.backend.max_repair_iterations(),
             idempotency_key: idempotency_key.clone(),
-            retry_of,
+            retry_of: retry_of.as_ref().map(|(id, _)| *id),
+            retry_from: retry_of.map(|(_, from)| from).unwrap_or_default(),
         };
         let mut next_id = uuid::Uuid::now_v7;
         let mut ctx = builder_core::NewEvent {
@@ -355,11 +356,6 @@ impl FeatureService for FeatureApi {
         request: ServiceRequest<'_, RetryRequest>,
     ) -> ServiceResult<RetryResponse> {
         let old = self.load("id", request.id).await?;
-        if !matches!(request.from_step, "" | "analysis") {
-            return Err(ConnectError::unimplemented(
-                "from_step: retrying from a later step is not built yet; leave it empty to retry from the start",
-            ));
-        }
         if !matches!(old.state, FeatureState::Failed | FeatureState::Cancelled) {
             return Err(ConnectError::failed_precondition(format!(
                 "only FAILED or CANCELLED executions can be retried; {} is {}",
@@ -367,6 +363,55 @@ impl FeatureService for FeatureApi {
                 old.state.as_str()
             )));
         }
+        // The furthest phase whose inputs the old execution already produced.
+        let reusable = if old.plan.is_some() {
+            "execution"
+        } else if old.analysis_done {
+            "planning"
+        } else {
+            "analysis"
+        };
+        let rank = |phase: &str| {
+            ["analysis", "planning", "execution"]
+                .iter()
+                .position(|p| *p == phase)
+        };
+        let from = match request.from_step {
+            // Default: from the step that failed, as far as its inputs exist.
+            "" => {
+                let failed = old
+                    .error
+                    .as_ref()
+                    .map(|e| e.failed_step.as_str())
+                    .unwrap_or("");
+                match failed {
+                    "analysis" | "pending" => "analysis",
+                    "planning" if reusable != "analysis" => "planning",
+                    _ => reusable,
+                }
+            }
+            wanted @ ("analysis" | "planning" | "execution") => {
+                if rank(wanted) > rank(reusable) {
+                    return Err(ConnectError::failed_precondition(format!(
+                        "from_step: {wanted} needs results {} never produced; the furthest possible is {reusable}",
+                        old.id
+                    )));
+                }
+                wanted
+            }
+            "verification" | "delivery" => {
+                return Err(ConnectError::unimplemented(
+                    "from_step: retrying from verification or delivery is not built yet (the edits live only in the \
+                     removed working copy); use execution",
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "from_step",
+                    format!("{other:?} is not a step; use analysis, planning or execution"),
+                ));
+            }
+        };
         // The same retry asked twice gives the same new execution.
         let key = format!("retry-of:{}", old.id);
         let feature = self
@@ -374,7 +419,7 @@ impl FeatureService for FeatureApi {
                 old.spec.clone(),
                 old.correlation_id.clone(),
                 key,
-                Some(old.id),
+                Some((old.id, from.to_string())),
             )
             .await?;
         Response::ok(RetryResponse {

@@ -253,6 +253,7 @@ async fn one_feature(store: &dyn Store, n: usize, lat: &mut Vec<Duration>) -> Re
         max_iterations: 3,
         idempotency_key: String::new(),
         retry_of: None,
+        retry_from: String::new(),
     };
     let mut next_id = uuid::Uuid::now_v7;
     let mut ctx = NewEvent {

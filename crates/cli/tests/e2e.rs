@@ -1504,3 +1504,64 @@ async fn delivery_opens_a_pull_request_on_the_forge() {
     assert!(types(&events).iter().any(|t| t == "pull_request.opened"));
     assert_no_secrets(&server, &events);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_starts_from_the_failed_step_and_reuses_analysis_and_plan() {
+    let (_root, bare, git) = repo_fixture();
+    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let mut env = llm_env(&llm);
+    env.push(("BUILDER_MAX_REPAIR_ITERATIONS", "0".into()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let failed = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(failed["error"]["code"], "TEST_FAILED", "{failed}");
+
+    let (code, refused) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Retry",
+        json!({"id": id, "fromStep": "nonsense"}),
+    );
+    assert_eq!(
+        (code, refused["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{refused}"
+    );
+    let (code, retried) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Retry",
+        json!({"id": id}),
+    );
+    assert_eq!(code, 200, "{retried}");
+    let new_id = retried["execution"]["id"].as_str().unwrap().to_string();
+    let done = wait_terminal(&server, &new_id, Duration::from_secs(120));
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    let events = events(&server, &new_id);
+    assert_gapless(&events);
+    assert_eq!(events[0]["payload"]["retry_from"], "execution");
+    let asked: Vec<String> = events
+        .iter()
+        .filter(|e| e["type"] == "llm.invocation.started")
+        .map(|e| e["payload"]["function"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        asked,
+        ["GenerateEdits", "ValidateChange"],
+        "analysis and plan were taken over, not asked again"
+    );
+    let branch = done["result"]["branchName"].as_str().unwrap();
+    assert!(
+        read_branch_file(&bare, branch, "calc.py")
+            .unwrap()
+            .contains("Hello")
+    );
+}

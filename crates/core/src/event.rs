@@ -119,6 +119,10 @@ pub enum Event {
         /// Set when this execution retries an earlier one.
         #[serde(default)]
         retry_of: Option<FeatureId>,
+        /// With `retry_of`: the phase to start from (`analysis`, `planning` or `execution`);
+        /// the earlier phases' results are taken over from the retried execution.
+        #[serde(default)]
+        retry_from: String,
     },
     #[serde(rename = "analysis.started")]
     AnalysisStarted {},

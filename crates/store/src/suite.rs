@@ -193,6 +193,7 @@ fn requested(n: NewFeature<'_>) -> (Feature, Vec<EventEnvelope>) {
         max_iterations: 2,
         idempotency_key: n.idempotency_key.into(),
         retry_of: None,
+        retry_from: String::new(),
     }
     .to_parts()
     .expect("serialise");

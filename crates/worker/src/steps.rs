@@ -175,6 +175,54 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether this execution retries an earlier one from `phase` or later.
+    fn retry_from_at_least(&self, phase: &str) -> bool {
+        const ORDER: [&str; 3] = ["analysis", "planning", "execution"];
+        let Some(Event::FeatureRequested {
+            retry_of: Some(_),
+            retry_from,
+            ..
+        }) = self.events.first().and_then(|e| e.event().ok())
+        else {
+            return false;
+        };
+        let rank = |p: &str| ORDER.iter().position(|x| *x == p);
+        matches!((rank(&retry_from), rank(phase)), (Some(a), Some(b)) if a >= b)
+    }
+
+    /// The events of the retried execution that `pick` selects, to be recorded again here.
+    /// `None` when they are gone: the feature has then failed, saying why.
+    async fn take_over(
+        &mut self,
+        pick: impl Fn(&Event) -> bool,
+    ) -> Result<Option<Vec<Event>>, StepError> {
+        let Some(Event::FeatureRequested {
+            retry_of: Some(old),
+            ..
+        }) = self.events.first().and_then(|e| e.event().ok())
+        else {
+            return Ok(Some(Vec::new()));
+        };
+        let old_events = self
+            .w
+            .store
+            .read_stream(old, 0)
+            .await
+            .map_err(|e| StepError::Infrastructure(e.to_string()))?;
+        let taken: Vec<Event> = old_events
+            .iter()
+            .filter_map(|e| e.event().ok())
+            .filter(|e| pick(e))
+            .collect();
+        if taken.is_empty() {
+            let reason = format!("the retried execution {old} has no results to take over");
+            self.fail(None, ErrorCode::Internal, reason, "", false)
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(taken))
+    }
+
     fn workdir(&self) -> PathBuf {
         self.w.workdir(self.feature.id)
     }
@@ -440,6 +488,26 @@ impl Run<'_> {
         }])
         .await?;
 
+        // A retry from a later phase takes the retried execution's analysis over as it was.
+        if self.retry_from_at_least("planning") {
+            let Some(taken) = self
+                .take_over(|e| {
+                    matches!(
+                        e,
+                        Event::CodebaseAnalyzed { .. } | Event::ScopeIdentified { .. }
+                    )
+                })
+                .await?
+            else {
+                return Ok(());
+            };
+            let mut events = taken;
+            events.push(Event::AnalysisCompleted {
+                duration_ms: ms(started),
+            });
+            return self.emit(events).await;
+        }
+
         let overrides = builder_analysis::Commands {
             build: repo
                 .properties
@@ -601,6 +669,20 @@ impl Run<'_> {
     async fn plan(&mut self) -> Result<(), StepError> {
         if self.feature.state == FeatureState::Analyzing {
             self.emit(vec![Event::PlanningStarted {}]).await?;
+        }
+        if self.retry_from_at_least("execution") {
+            let Some(taken) = self
+                .take_over(|e| {
+                    matches!(
+                        e,
+                        Event::PlanStepDefined { .. } | Event::PlanGenerated { .. }
+                    )
+                })
+                .await?
+            else {
+                return Ok(());
+            };
+            return self.emit(taken).await;
         }
         let client = match self.llm() {
             Ok(c) => c,

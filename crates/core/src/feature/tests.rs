@@ -26,6 +26,7 @@ fn requested(max_iterations: u32) -> Event {
         max_iterations,
         idempotency_key: String::new(),
         retry_of: None,
+        retry_from: String::new(),
     }
 }
 
