@@ -299,7 +299,9 @@ impl LlmClient {
                 LlmError::Transient { status, message }
                     if transient_failures < self.retry.transient_retries =>
                 {
-                    let delay = self.retry.backoff * 2u32.saturating_pow(transient_failures);
+                    let base = self.retry.backoff * 2u32.saturating_pow(transient_failures);
+                    // Jitter spreads the retries of many features hitting the same rate limit.
+                    let delay = base + base.mul_f64(rand::random::<f64>() * 0.5);
                     transient_failures += 1;
                     tracing::warn!(function, attempts, ?status, %message, ?delay, "transient LLM failure; retrying");
                     self.notify(function, attempts, &error, delay);

@@ -226,10 +226,29 @@ impl Worker {
                         // Left non-terminal on purpose: the next start-up re-enqueues it.
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(
-                        200 * 2u64.pow(infrastructure_failures),
-                    ))
-                    .await;
+                    let delay_ms = 200 * 2u64.pow(infrastructure_failures)
+                        + (uuid::Uuid::now_v7().as_u128() as u64) % 100;
+                    // Visible like any other retry; if the store itself is down this append
+                    // fails too, and the log above is what remains.
+                    if let Ok(Some((feature, _))) = self.load(id).await
+                        && !feature.state.is_terminal()
+                    {
+                        let retrying = builder_core::event::Event::StepRetrying {
+                            step: format!("{step:?}"),
+                            attempt: infrastructure_failures,
+                            error: e.clone(),
+                            delay_ms,
+                        };
+                        let _ = builder_store::append_events(
+                            &*self.store,
+                            &feature,
+                            vec![retrying],
+                            None,
+                            PRODUCER,
+                        )
+                        .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 }
             }
         }
