@@ -223,6 +223,42 @@ impl Run<'_> {
         Ok(Some(taken))
     }
 
+    async fn fail_analysis(
+        &mut self,
+        code: ErrorCode,
+        reason: String,
+        retryable: bool,
+    ) -> Result<(), StepError> {
+        self.fail(
+            Some(Event::AnalysisFailed {
+                reason: reason.clone(),
+            }),
+            code,
+            reason,
+            "",
+            retryable,
+        )
+        .await
+    }
+
+    async fn fail_planning(
+        &mut self,
+        code: ErrorCode,
+        reason: String,
+        retryable: bool,
+    ) -> Result<(), StepError> {
+        self.fail(
+            Some(Event::PlanningFailed {
+                reason: reason.clone(),
+            }),
+            code,
+            reason,
+            "",
+            retryable,
+        )
+        .await
+    }
+
     fn workdir(&self) -> PathBuf {
         self.w.workdir(self.feature.id)
     }
@@ -394,15 +430,7 @@ impl Run<'_> {
                     self.feature.spec.repository_id
                 );
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::InvalidInput,
-                        reason,
-                        "",
-                        false,
-                    )
+                    .fail_analysis(ErrorCode::InvalidInput, reason, false)
                     .await;
             }
             Err(e) => return Err(StepError::Infrastructure(e.to_string())),
@@ -411,15 +439,7 @@ impl Run<'_> {
             Ok(c) => c,
             Err(reason) => {
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::RepositoryAccess,
-                        reason,
-                        "",
-                        false,
-                    )
+                    .fail_analysis(ErrorCode::RepositoryAccess, reason, false)
                     .await;
             }
         };
@@ -470,15 +490,7 @@ impl Run<'_> {
                 let reason = format!("cloning the repository failed: {e}");
                 let retryable = e.is_transient();
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::RepositoryAccess,
-                        reason,
-                        "",
-                        retryable,
-                    )
+                    .fail_analysis(ErrorCode::RepositoryAccess, reason, retryable)
                     .await;
             }
         };
@@ -525,15 +537,7 @@ impl Run<'_> {
             Err(e) => {
                 let reason = format!("analysing the code base failed: {e}");
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::AnalysisFailed,
-                        reason,
-                        "",
-                        false,
-                    )
+                    .fail_analysis(ErrorCode::AnalysisFailed, reason, false)
                     .await;
             }
         };
@@ -550,15 +554,7 @@ impl Run<'_> {
             Ok(c) => c,
             Err(why) => {
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: why.clone(),
-                        }),
-                        ErrorCode::AnalysisFailed,
-                        why,
-                        "",
-                        true,
-                    )
+                    .fail_analysis(ErrorCode::AnalysisFailed, why, true)
                     .await;
             }
         };
@@ -573,15 +569,7 @@ impl Run<'_> {
                 let reason = format!("the LLM could not analyse the request: {e}");
                 let retryable = e.is_transient();
                 return self
-                    .fail(
-                        Some(Event::AnalysisFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::AnalysisFailed,
-                        reason,
-                        "",
-                        retryable,
-                    )
+                    .fail_analysis(ErrorCode::AnalysisFailed, reason, retryable)
                     .await;
             }
         };
@@ -688,15 +676,7 @@ impl Run<'_> {
             Ok(c) => c,
             Err(why) => {
                 return self
-                    .fail(
-                        Some(Event::PlanningFailed {
-                            reason: why.clone(),
-                        }),
-                        ErrorCode::PlanningFailed,
-                        why,
-                        "",
-                        true,
-                    )
+                    .fail_planning(ErrorCode::PlanningFailed, why, true)
                     .await;
             }
         };
@@ -712,15 +692,7 @@ impl Run<'_> {
                 let reason = format!("the LLM could not plan the change: {e}");
                 let retryable = e.is_transient();
                 return self
-                    .fail(
-                        Some(Event::PlanningFailed {
-                            reason: reason.clone(),
-                        }),
-                        ErrorCode::PlanningFailed,
-                        reason,
-                        "",
-                        retryable,
-                    )
+                    .fail_planning(ErrorCode::PlanningFailed, reason, retryable)
                     .await;
             }
         };
@@ -731,15 +703,7 @@ impl Run<'_> {
                 plan.steps.len()
             );
             return self
-                .fail(
-                    Some(Event::PlanningFailed {
-                        reason: reason.clone(),
-                    }),
-                    ErrorCode::PlanningFailed,
-                    reason,
-                    "",
-                    true,
-                )
+                .fail_planning(ErrorCode::PlanningFailed, reason, true)
                 .await;
         }
         let steps: Vec<PlanStep> = plan
