@@ -21,6 +21,8 @@ const ANALYSIS: &str = r#"{"summary": "add greet to calc.py", "affected_files": 
 const PLAN: &str = r#"{"summary": "add greet and its test", "steps": [{"index": 0, "description": "add greet(name) to calc.py with a test", "step_type": "MODIFY_FILE", "target_files": ["calc.py", "tests/test_greet.py"], "dependencies": []}], "affected_files": ["calc.py", "tests/test_greet.py"]}"#;
 const WRONG_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return 'Hi ' + name\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
 const FIX_EDIT: &str = r#"{"summary": "fix the greeting", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "    return 'Hi ' + name", "replace": "    return f'Hello, {name}!'"}]}"#;
+/// The whole change in one go: greet() and its test.
+const RIGHT_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
 const APPROVE: &str = r#"{"approved": true, "reasons": ["greet matches the criteria"]}"#;
 
 struct Server {
@@ -966,11 +968,10 @@ async fn create_is_idempotent_and_retry_links_a_new_execution() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_server_resumes_the_feature_and_pushes_once() {
     let (_root, bare, git) = repo_fixture();
-    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
     let llm = llm_script_server::start(Script::new(vec![
         Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
         Entry::text(PLAN).when_contains("Task: PlanFeature"),
-        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
         // The review is slow the first time: the process dies while waiting for it.
         Entry::text(APPROVE)
             .when_contains("Task: ValidateChange")
@@ -1466,11 +1467,10 @@ async fn delivery_opens_a_pull_request_on_the_forge() {
     .unwrap();
     let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
     let (forge_url, pulls) = fake_github(bare.clone(), GIT_PASSWORD).await;
-    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}]}"#;
     let llm = llm_script_server::start(Script::new(vec![
         Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
         Entry::text(PLAN).when_contains("Task: PlanFeature"),
-        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
         Entry::text(APPROVE).when_contains("Task: ValidateChange"),
     ]))
     .await
@@ -1508,12 +1508,11 @@ async fn delivery_opens_a_pull_request_on_the_forge() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_starts_from_the_failed_step_and_reuses_analysis_and_plan() {
     let (_root, bare, git) = repo_fixture();
-    let right_first_time = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
     let llm = llm_script_server::start(Script::new(vec![
         Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
         Entry::text(PLAN).when_contains("Task: PlanFeature"),
         Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
-        Entry::text(right_first_time).when_contains("Task: GenerateEdits"),
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
         Entry::text(APPROVE).when_contains("Task: ValidateChange"),
     ]))
     .await
