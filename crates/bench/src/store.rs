@@ -88,6 +88,7 @@ fn happy_path(feature_branch: &str) -> Result<Vec<Event>> {
                 attempts: 1,
                 ok: true,
                 error: None,
+                usage: Default::default(),
             },
         ]
     };

@@ -161,7 +161,13 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::warn!(transcript = %path, "LLM REPLAY: answers come from the transcript; no model is asked");
         Llm::Replay(Arc::new(replay))
     } else {
-        match builder_llm::LlmSettings::from_env().context("reading BAML_CLIENT_* settings")? {
+        let llm_config = builder_llm::LlmConfig::from_env()
+            .context("reading the LLM settings (BAML_CLIENT_*, BUILDER_LLM_CONFIG)")?;
+        match llm_config
+            .profiles
+            .get(builder_llm::DEFAULT_PROFILE)
+            .cloned()
+        {
             Some(settings) => {
                 let baml_src = config.baml_src.clone().unwrap_or_else(default_baml_src);
                 let sidecar = builder_llm::Sidecar::start(builder_llm::SidecarConfig {
@@ -178,10 +184,17 @@ pub async fn serve(config: Config) -> Result<()> {
                         baml_src.display()
                     )
                 })?;
-                tracing::info!(provider = %settings.provider, model = %settings.model, "LLM ready (BAML sidecar)");
+                tracing::info!(
+                    provider = %settings.provider,
+                    model = %settings.model,
+                    profiles = ?llm_config.profiles.keys().collect::<Vec<_>>(),
+                    fallback = ?llm_config.fallback,
+                    priced_models = !llm_config.prices.is_empty(),
+                    "LLM ready (BAML sidecar, metered)"
+                );
                 Llm::Ready {
                     sidecar: Arc::new(sidecar),
-                    settings,
+                    config: Arc::new(llm_config),
                 }
             }
             None => {

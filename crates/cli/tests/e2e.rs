@@ -1242,6 +1242,8 @@ fn comparable(events: &[Value]) -> Vec<Value> {
             "commit_sha",
             "provider",
             "model",
+            // A replay asks no model, so it spends nothing.
+            "usage",
             "branch",
             "branch_name",
             "feature_branch",
@@ -1562,5 +1564,146 @@ async fn retry_starts_from_the_failed_step_and_reuses_analysis_and_plan() {
         read_branch_file(&bare, branch, "calc.py")
             .unwrap()
             .contains("Hello")
+    );
+}
+
+/// Issue 5's "5xx then fallback to a second provider" and "a budget reached mid-feature",
+/// with every call's tokens and cost in its `llm.response.received` event.
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_answers_and_a_token_budget_stops_the_feature_before_it_is_exceeded() {
+    const BACKUP_KEY: &str = "sk-backup-e2e-Vb71kLq";
+    let (_root, _bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS)
+            .when_contains("Task: AnalyzeFeature")
+            .usage(9000, 100),
+        // The primary provider fails every try of the plan; the backup answers.
+        Entry::error(503).when_contains("Task: PlanFeature"),
+        Entry::error(502).when_contains("Task: PlanFeature"),
+        Entry::error(500).when_contains("Task: PlanFeature"),
+        Entry::error(503).when_contains("Task: PlanFeature"),
+        Entry::text(PLAN)
+            .when_contains("Task: PlanFeature")
+            .usage(9000, 100),
+        // Never asked: the budget has no room left for the edits' request.
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
+    ]))
+    .await
+    .unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("llm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"fallback = ["backup"]
+
+[profiles.backup]
+provider = "anthropic"
+model = "claude-backup"
+api_key_env = "E2E_BACKUP_KEY"
+base_url = "{}"
+
+[prices]
+"scripted-model" = {{ input = 1.0, output = 2.0 }}
+"claude-*" = {{ input = 3.0, output = 4.0 }}
+"#,
+            llm.anthropic_base_url()
+        ),
+    )
+    .unwrap();
+    let mut env = llm_env(&llm);
+    env.push(("BUILDER_LLM_CONFIG", config.display().to_string()));
+    env.push(("E2E_BACKUP_KEY", BACKUP_KEY.to_string()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let (code, body) = call(
+        &server,
+        "builder.feature.v1.FeatureService/Create",
+        json!({"spec": {
+            "title": "Add a greeting",
+            "description": "Add greet(name) to calc.py returning 'Hello, <name>!' with a test.",
+            "repositoryId": repo_id,
+            "constraints": {"maxLlmTokens": 20000},
+        }}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let id = body["execution"]["id"].as_str().unwrap().to_string();
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "FAILED", "{execution}");
+    assert_eq!(
+        execution["error"]["code"], "GENERATION_FAILED",
+        "{execution}"
+    );
+    let message = execution["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("budget") && message.contains("max_llm_tokens = 20000"),
+        "{message}"
+    );
+    // proto3 JSON leaves `false` out.
+    assert_ne!(execution["error"]["retryable"], true, "{execution}");
+
+    let requests = llm.requests();
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages"
+        ],
+        "no request for the edits left builder"
+    );
+    let all = events(&server, &id);
+    assert_gapless(&all);
+    let responses: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["type"] == "llm.response.received")
+        .collect();
+    assert_eq!(responses.len(), 3, "{responses:?}");
+    let analyze = &responses[0]["payload"];
+    assert_eq!(analyze["function"], "AnalyzeFeature");
+    assert_eq!(analyze["usage"]["input_tokens"].as_f64(), Some(9000.0));
+    assert_eq!(analyze["usage"]["output_tokens"].as_f64(), Some(100.0));
+    let cost = analyze["usage"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - (9000.0 + 200.0) / 1e6).abs() < 1e-9, "{analyze}");
+    let plan = &responses[1]["payload"];
+    assert_eq!(
+        (
+            plan["function"].as_str(),
+            plan["provider"].as_str(),
+            plan["model"].as_str()
+        ),
+        (
+            Some("PlanFeature"),
+            Some("anthropic"),
+            Some("claude-backup")
+        ),
+        "{plan}"
+    );
+    let cost = plan["usage"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - (27000.0 + 400.0) / 1e6).abs() < 1e-9, "{plan}");
+    let generate = &responses[2]["payload"];
+    assert_eq!(generate["function"], "GenerateEdits");
+    assert_eq!(generate["ok"], false);
+    assert_eq!(
+        generate["usage"]["input_tokens"].as_f64(),
+        Some(0.0),
+        "nothing was spent"
+    );
+    assert!(
+        all.iter().any(|e| e["type"] == "step.retrying"
+            && e["payload"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("falling back from openai/scripted-model to anthropic/claude-backup")),
+        "the fallback is visible"
+    );
+    assert_no_secrets(&server, &all);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        !log.contains(BACKUP_KEY) && !serde_json::to_string(&all).unwrap().contains(BACKUP_KEY)
     );
 }

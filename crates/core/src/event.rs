@@ -101,6 +101,49 @@ pub struct DeliveryResult {
 /// payload map one-to-one onto the envelope's `event_type` and `payload`.
 // Events are built, stamped and dropped; boxing the large request variant would only add
 // indirection to every match.
+/// What LLM calls consumed, as the providers reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LlmUsage {
+    /// Every input token, cached ones included.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Input tokens served from the provider's prompt cache (part of `input_tokens`).
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (part of `input_tokens`).
+    pub cache_write_tokens: u64,
+    /// US dollars by the configured price table; `None` when a model had no price.
+    pub cost_usd: Option<f64>,
+    /// Some answer carried no usage, so its figures are upper bounds from byte counts.
+    pub estimated: bool,
+}
+
+impl LlmUsage {
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// Sums two usages; the cost stays known only while both are.
+    pub fn add(&mut self, other: &LlmUsage) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_read_tokens = self
+            .cache_read_tokens
+            .saturating_add(other.cache_read_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
+        self.cost_usd = match (self.cost_usd, other.cost_usd) {
+            (Some(a), Some(b)) => Some(a + b),
+            // Zero tokens at an unknown price still cost nothing.
+            (Some(a), None) if other.total_tokens() == 0 => Some(a),
+            (None, Some(b)) if self.total_tokens() == 0 => Some(b),
+            _ => None,
+        };
+        self.estimated |= other.estimated;
+    }
+}
+
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
@@ -171,6 +214,10 @@ pub enum Event {
         ok: bool,
         #[serde(default)]
         error: Option<String>,
+        /// Tokens and cost of every provider request the call made, failed attempts and
+        /// fallbacks included.
+        #[serde(default)]
+        usage: LlmUsage,
     },
     #[serde(rename = "plan.step.defined")]
     PlanStepDefined { step: PlanStep },
@@ -433,13 +480,26 @@ impl Event {
                 attempts,
                 ok,
                 error,
+                usage,
                 ..
             } => {
+                let cost = usage
+                    .cost_usd
+                    .map(|c| format!(", ${c:.4}"))
+                    .unwrap_or_default();
+                let tokens = format!(
+                    "{} in / {} out tokens{cost}{}",
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    if usage.estimated { " (estimated)" } else { "" }
+                );
                 if *ok {
-                    format!("LLM {function} answered in {latency_ms} ms ({attempts} attempt(s))")
+                    format!(
+                        "LLM {function} answered in {latency_ms} ms ({attempts} attempt(s), {tokens})"
+                    )
                 } else {
                     format!(
-                        "LLM {function} failed after {attempts} attempt(s): {}",
+                        "LLM {function} failed after {attempts} attempt(s) ({tokens}): {}",
                         error.as_deref().unwrap_or("?")
                     )
                 }
@@ -660,6 +720,42 @@ mod tests {
         assert_eq!(
             Event::from_parts(&ty, &payload).unwrap(),
             Event::AnalysisStarted {}
+        );
+    }
+
+    #[test]
+    fn usage_adds_up_and_an_unknown_price_stays_unknown() {
+        let priced = LlmUsage {
+            input_tokens: 100,
+            output_tokens: 10,
+            cost_usd: Some(0.5),
+            ..LlmUsage::default()
+        };
+        let mut total = LlmUsage {
+            cost_usd: Some(0.0),
+            ..LlmUsage::default()
+        };
+        total.add(&priced);
+        total.add(&priced);
+        assert_eq!((total.total_tokens(), total.cost_usd), (220, Some(1.0)));
+        // Nothing spent at an unknown price costs nothing.
+        total.add(&LlmUsage::default());
+        assert_eq!(total.cost_usd, Some(1.0));
+        total.add(&LlmUsage {
+            output_tokens: 1,
+            estimated: true,
+            ..LlmUsage::default()
+        });
+        assert_eq!(total.cost_usd, None);
+        assert!(total.estimated);
+        // Events written before usage existed still read.
+        let old: Event = serde_json::from_value(serde_json::json!({
+            "type": "llm.response.received",
+            "payload": {"function": "F", "provider": "p", "model": "m", "latency_ms": 1, "attempts": 1}
+        }))
+        .unwrap();
+        assert!(
+            matches!(old, Event::LlmResponseReceived { usage, .. } if usage == LlmUsage::default())
         );
     }
 

@@ -141,6 +141,9 @@ pub struct Feature {
     /// Set while the current step waits for a shared resource.
     #[serde(default)]
     pub waiting_for: Option<String>,
+    /// What the feature's LLM calls consumed so far: what its budgets are checked against.
+    #[serde(default)]
+    pub llm_usage: crate::event::LlmUsage,
     pub error: Option<ExecutionError>,
     pub result: Option<DeliveryResult>,
     pub created_at: DateTime<Utc>,
@@ -217,6 +220,7 @@ impl Feature {
                     pull_request_attempted: false,
                     pull_request_url: None,
                     waiting_for: None,
+                    llm_usage: Default::default(),
                     error: None,
                     result: None,
                     created_at: env.timestamp,
@@ -383,11 +387,18 @@ impl Feature {
                 self.require(self.analysis_done, event, "analysis has not completed")?;
                 self.state = S::Planning;
             }
-            LlmInvocationStarted { .. } | LlmResponseReceived { .. } => {
+            LlmInvocationStarted { .. } => {
                 self.in_states(
                     event,
                     &[S::Analyzing, S::Planning, S::Executing, S::Verifying],
                 )?;
+            }
+            LlmResponseReceived { usage, .. } => {
+                self.in_states(
+                    event,
+                    &[S::Analyzing, S::Planning, S::Executing, S::Verifying],
+                )?;
+                self.llm_usage.add(usage);
             }
             PlanStepDefined { .. } | PlanningFailed { .. } => {
                 self.in_states(event, &[S::Planning])?;

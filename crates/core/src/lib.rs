@@ -14,7 +14,7 @@ pub mod repository;
 pub mod spec;
 
 pub use credential::Credential;
-pub use event::{Event, EventEnvelope, EventMetadata, NewEvent, SCHEMA_VERSION};
+pub use event::{Event, EventEnvelope, EventMetadata, LlmUsage, NewEvent, SCHEMA_VERSION};
 pub use feature::{Feature, FeatureState, NextStep, Transition, TransitionError};
 pub use ids::{FeatureId, RepositoryId};
 pub use repository::{Provider, Repository, RepositoryState};

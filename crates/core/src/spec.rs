@@ -75,9 +75,25 @@ fn check_rel_path(field: &str, p: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// A feature property that picks the model for this feature (the provider and key stay the
-/// server's).
+/// A feature (or repository) property that picks the model (the provider and key stay the
+/// profile's).
 pub const LLM_MODEL_PROPERTY: &str = "llm.model";
+/// A feature (or repository) property that picks a configured LLM profile (provider, model
+/// and key) by name; the feature's wins over the repository's.
+pub const LLM_PROFILE_PROPERTY: &str = "llm.profile";
+/// A feature property capping what the feature may spend on LLM calls, or a repository
+/// property capping what all its features may spend together, in US dollars.
+pub const LLM_MAX_COST_PROPERTY: &str = "llm.max_cost_usd";
+
+/// Reads an [`LLM_MAX_COST_PROPERTY`] value.
+pub fn parse_cost(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{LLM_MAX_COST_PROPERTY} must be a non-negative number of US dollars, got {value:?}"
+        )),
+    }
+}
 
 impl FeatureSpec {
     pub const DEFAULT_MAX_STEPS: u32 = 10;
@@ -137,6 +153,24 @@ impl FeatureSpec {
         }
         if self.properties.len() > 64 {
             return Err(err("spec.properties", "at most 64 properties"));
+        }
+        if let Some(cost) = self.properties.get(LLM_MAX_COST_PROPERTY) {
+            parse_cost(cost).map_err(|m| err("spec.properties", m))?;
+        }
+        if let Some(profile) = self.properties.get(LLM_PROFILE_PROPERTY) {
+            let ok = !profile.is_empty()
+                && profile.len() <= 64
+                && profile
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(err(
+                    "spec.properties",
+                    format!(
+                        "{LLM_PROFILE_PROPERTY} must be a profile name (letters, digits, - _ .)"
+                    ),
+                ));
+            }
         }
         if let Some(model) = self.properties.get(LLM_MODEL_PROPERTY) {
             let n = model.trim().chars().count();

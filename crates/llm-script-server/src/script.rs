@@ -40,6 +40,9 @@ pub struct Entry {
     pub when_contains: Option<String>,
     /// Waits this long before answering (timeouts, concurrency).
     pub delay_ms: Option<u64>,
+    /// `[input, output]` tokens reported in the answer's usage; estimated from the text
+    /// (≈4 characters a token) when not set.
+    pub usage: Option<[u64; 2]>,
     pub reply: Reply,
 }
 
@@ -50,6 +53,7 @@ pub struct Entry {
 struct RawEntry {
     when_contains: Option<String>,
     delay_ms: Option<u64>,
+    usage: Option<[u64; 2]>,
     text: Option<String>,
     finish_reason: Option<String>,
     status: Option<u16>,
@@ -88,6 +92,7 @@ impl TryFrom<RawEntry> for Entry {
         Ok(Entry {
             when_contains: raw.when_contains,
             delay_ms: raw.delay_ms,
+            usage: raw.usage,
             reply,
         })
     }
@@ -98,6 +103,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            usage: None,
             reply: Reply::Text {
                 text: text.into(),
                 finish_reason: None,
@@ -110,6 +116,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            usage: None,
             reply: Reply::Error { status, body: None },
         }
     }
@@ -118,6 +125,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            usage: None,
             reply: Reply::Error {
                 status,
                 body: Some(body),
@@ -132,6 +140,12 @@ impl Entry {
 
     pub fn delay_ms(mut self, ms: u64) -> Entry {
         self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Reports exactly these token counts in the answer's usage.
+    pub fn usage(mut self, input: u64, output: u64) -> Entry {
+        self.usage = Some([input, output]);
         self
     }
 

@@ -368,8 +368,12 @@ async fn answer(
                 model,
                 text: &text,
                 finish_reason: finish_reason.as_deref(),
-                prompt_tokens: wire::estimate_tokens(&decoded),
-                completion_tokens: wire::estimate_tokens(&text),
+                prompt_tokens: entry
+                    .usage
+                    .map_or_else(|| wire::estimate_tokens(&decoded), |u| u[0]),
+                completion_tokens: entry
+                    .usage
+                    .map_or_else(|| wire::estimate_tokens(&text), |u| u[1]),
             };
             let stream = request["stream"].as_bool().unwrap_or(false);
             match (provider, stream) {

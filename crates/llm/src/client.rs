@@ -1,12 +1,14 @@
 //! Typed calls of the four BAML functions through the sidecar, with retries.
 
 use crate::error::{LlmError, tidy};
+use crate::meter::{Attempt, Budget, TokenUsage};
+use crate::prices::PriceTable;
 use crate::settings::LlmSettings;
 use crate::sidecar::Shared;
 use crate::types::{Analysis, EditSet, FeatureRequest, Plan, RepoContext, Review, SourceFile};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A function's result with what it took to get it.
@@ -15,6 +17,7 @@ pub struct Called<T> {
     pub value: T,
     /// The BAML function name, e.g. `GenerateEdits`.
     pub function: &'static str,
+    /// The provider and model that gave this answer (a fallback's, if it came to that).
     pub provider: String,
     pub model: String,
     /// Wall time of the whole call, retries and back-off included.
@@ -40,7 +43,8 @@ pub struct RetryNotice {
 pub struct RetryPolicy {
     /// Further tries after output that does not parse (the model may answer better).
     pub parse_retries: u32,
-    /// Further tries after a transient failure, waiting `backoff · 2^n` before try n+1.
+    /// Further tries after a transient failure, waiting `backoff · 2^n` before try n+1;
+    /// per provider: once spent, the next provider of the chain is asked.
     pub transient_retries: u32,
     pub backoff: Duration,
     /// Further tries after the sidecar itself went away (once it is back).
@@ -58,21 +62,73 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Calls the BAML functions with one provider configuration. Cheap to clone.
+/// What the provider requests of calls consumed, failed ones included; shared with the
+/// caller, who reads it whether the call succeeded or not.
+#[derive(Debug, Clone, Default)]
+pub struct UsageLedger {
+    inner: Arc<Mutex<Spent>>,
+}
+
+/// Totals of a [`UsageLedger`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spent {
+    pub usage: TokenUsage,
+    /// `None` once a request with tokens had no price.
+    pub cost_usd: Option<f64>,
+    /// Provider requests made (or refused by a budget).
+    pub requests: u32,
+}
+
+impl UsageLedger {
+    pub fn new() -> UsageLedger {
+        UsageLedger {
+            inner: Arc::new(Mutex::new(Spent {
+                cost_usd: Some(0.0),
+                ..Spent::default()
+            })),
+        }
+    }
+
+    pub fn spent(&self) -> Spent {
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, attempt: &Attempt) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let u = &attempt.usage;
+        s.usage.input_tokens += u.input_tokens;
+        s.usage.output_tokens += u.output_tokens;
+        s.usage.cache_read_tokens += u.cache_read_tokens;
+        s.usage.cache_write_tokens += u.cache_write_tokens;
+        s.usage.estimated |= u.estimated;
+        s.cost_usd = match (s.cost_usd, attempt.cost_usd) {
+            (Some(a), Some(b)) => Some(a + b),
+            (Some(a), None) if u.total() == 0 => Some(a),
+            _ => None,
+        };
+        s.requests += 1;
+    }
+}
+
+/// Calls the BAML functions with one provider chain. Cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
     /// Told about every attempt that failed and is retried, so callers can record it.
     observer: Option<tokio::sync::mpsc::UnboundedSender<RetryNotice>>,
     shared: Option<Arc<Shared>>,
     replay: Option<Arc<crate::replay::Replay>>,
-    settings: LlmSettings,
+    /// The provider asked first, then the fallbacks in order.
+    chain: Vec<LlmSettings>,
     retry: RetryPolicy,
+    prices: PriceTable,
+    budget: Budget,
+    ledger: UsageLedger,
 }
 
 impl std::fmt::Debug for LlmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmClient")
-            .field("settings", &self.settings)
+            .field("chain", &self.chain)
             .field("retry", &self.retry)
             .finish()
     }
@@ -86,14 +142,24 @@ enum Outcome {
     Unreachable(u64, String),
 }
 
+/// Where the current provider stands within one call.
+enum Next {
+    Retry,
+    Fallback,
+    Fail,
+}
+
 impl LlmClient {
-    pub(crate) fn new(shared: Arc<Shared>, settings: LlmSettings) -> LlmClient {
+    pub(crate) fn new(shared: Arc<Shared>, chain: Vec<LlmSettings>) -> LlmClient {
         LlmClient {
             observer: None,
             shared: Some(shared),
             replay: None,
-            settings,
+            chain,
             retry: RetryPolicy::default(),
+            prices: PriceTable::default(),
+            budget: Budget::unlimited(),
+            ledger: UsageLedger::new(),
         }
     }
 
@@ -104,20 +170,41 @@ impl LlmClient {
             observer: None,
             shared: None,
             replay: Some(replay),
-            settings: LlmSettings {
+            chain: vec![LlmSettings {
                 provider: "replay".into(),
                 model: "transcript".into(),
                 api_key: None,
                 base_url: None,
                 max_tokens: 0,
                 temperature: 0.0,
-            },
+            }],
             retry: RetryPolicy::default(),
+            prices: PriceTable::default(),
+            budget: Budget::unlimited(),
+            ledger: UsageLedger::new(),
         }
     }
 
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> LlmClient {
         self.retry = retry;
+        self
+    }
+
+    /// Prices each provider request by its model.
+    pub fn with_prices(mut self, prices: PriceTable) -> LlmClient {
+        self.prices = prices;
+        self
+    }
+
+    /// Refuses any provider request whose worst case does not fit `budget`.
+    pub fn with_budget(mut self, budget: Budget) -> LlmClient {
+        self.budget = budget;
+        self
+    }
+
+    /// Adds every provider request's usage to `ledger`.
+    pub fn with_ledger(mut self, ledger: UsageLedger) -> LlmClient {
+        self.ledger = ledger;
         self
     }
 
@@ -130,25 +217,20 @@ impl LlmClient {
         self
     }
 
-    fn notify(
-        &self,
-        function: &'static str,
-        attempt: u32,
-        error: &LlmError,
-        delay: std::time::Duration,
-    ) {
+    fn notify(&self, function: &'static str, attempt: u32, error: String, delay: Duration) {
         if let Some(tx) = &self.observer {
             let _ = tx.send(RetryNotice {
                 function,
                 attempt,
-                error: error.to_string(),
+                error,
                 delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             });
         }
     }
 
-    pub fn settings(&self) -> &LlmSettings {
-        &self.settings
+    /// The provider asked first.
+    pub fn settings(&self) -> Option<&LlmSettings> {
+        self.chain.first()
     }
 
     pub async fn analyze(
@@ -222,8 +304,8 @@ impl LlmClient {
             return Ok(Called {
                 value,
                 function,
-                provider: self.settings.provider.clone(),
-                model: self.settings.model.clone(),
+                provider: "replay".into(),
+                model: "transcript".into(),
                 latency_ms: 0,
                 attempts: 1,
                 raw,
@@ -234,82 +316,144 @@ impl LlmClient {
                 message: "no sidecar behind this client".into(),
             });
         };
-        let key = self.settings.api_key.as_deref();
-        self.settings.validate().map_err(|e| e.redacted(key))?;
-        let mut body = match args {
+        if self.chain.is_empty() {
+            return Err(LlmError::NotConfigured);
+        }
+        let args = match args {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        body.insert(
-            "__baml_options__".into(),
-            json!({"client_registry": self.settings.client_registry()}),
-        );
-        let body = Value::Object(body);
-
         let started = Instant::now();
         let mut attempts = 0u32;
-        let (mut parse_failures, mut transient_failures, mut sidecar_failures) = (0, 0, 0);
+        let mut sidecar_failures = 0;
         let mut failed_generation = None;
-        loop {
-            let endpoint = shared.endpoint(failed_generation).await?;
-            attempts += 1;
-            let outcome = self.post(shared, function, &endpoint, &body).await;
-            let error = match outcome {
-                Outcome::Ok(raw) => match serde_json::from_value::<T>(raw.clone()) {
-                    Ok(value) => {
-                        return Ok(Called {
-                            value,
-                            raw,
-                            function,
-                            provider: self.settings.provider.clone(),
-                            model: self.settings.model.clone(),
-                            latency_ms: u64::try_from(started.elapsed().as_millis())
-                                .unwrap_or(u64::MAX),
-                            attempts,
-                        });
-                    }
-                    // BAML coerced the answer into its class, but a value does not fit the
-                    // Rust mirror (e.g. a negative index): the model's output is at fault.
-                    Err(e) => LlmError::Parse {
-                        function,
-                        message: format!("the answer does not fit the Rust type: {e}"),
-                        raw_output: Some(tidy(&raw.to_string(), RAW_OUTPUT_CHARS)),
-                    },
-                },
-                Outcome::Failed(e) => e,
-                Outcome::Unreachable(generation, why) => {
-                    if sidecar_failures < self.retry.sidecar_retries {
-                        sidecar_failures += 1;
-                        tracing::warn!(function, attempts, %why, "BAML sidecar unreachable; retrying once it is back");
-                        failed_generation = Some(generation);
-                        continue;
-                    }
-                    LlmError::Sidecar {
-                        message: format!("unreachable: {why}"),
-                    }
-                }
+        let mut last_error = None;
+        for (index, settings) in self.chain.iter().enumerate() {
+            let key = settings.api_key.as_deref();
+            settings.validate().map_err(|e| e.redacted(key))?;
+            let price = self.prices.price(&settings.model);
+            if let Err(why) = self.budget.precheck(price) {
+                return Err(LlmError::Budget { message: why });
+            }
+            let Some(upstream) = settings.upstream() else {
+                return Err(LlmError::Config(format!(
+                    "provider {} needs a base URL",
+                    settings.provider
+                )));
             };
-            let error = error.redacted(key);
-            match &error {
-                LlmError::Parse { message, .. } if parse_failures < self.retry.parse_retries => {
-                    parse_failures += 1;
-                    tracing::warn!(function, attempts, %message, "model output did not parse; asking again");
-                    self.notify(function, attempts, &error, std::time::Duration::ZERO);
+            // The sidecar talks to the provider through a private route of the meter.
+            let route = shared.meter.route(upstream, price, self.budget.clone());
+            let mut routed = settings.clone();
+            routed.base_url = Some(route.url.clone());
+            let mut body = args.clone();
+            body.insert(
+                "__baml_options__".into(),
+                json!({"client_registry": routed.client_registry()}),
+            );
+            let body = Value::Object(body);
+            let (mut parse_failures, mut transient_failures) = (0, 0);
+            loop {
+                let endpoint = shared.endpoint(failed_generation).await?;
+                attempts += 1;
+                let outcome = self.post(shared, function, &endpoint, &body).await;
+                let mut unreachable = false;
+                for attempt in route.take_attempts() {
+                    unreachable |= attempt.status.is_none();
+                    self.ledger.add(&attempt);
                 }
-                LlmError::Transient { status, message }
-                    if transient_failures < self.retry.transient_retries =>
-                {
-                    let base = self.retry.backoff * 2u32.saturating_pow(transient_failures);
-                    // Jitter spreads the retries of many features hitting the same rate limit.
-                    let delay = base + base.mul_f64(rand::random::<f64>() * 0.5);
-                    transient_failures += 1;
-                    tracing::warn!(function, attempts, ?status, %message, ?delay, "transient LLM failure; retrying");
-                    self.notify(function, attempts, &error, delay);
-                    tokio::time::sleep(delay).await;
+                if let Some(why) = self.budget.take_refusal() {
+                    return Err(LlmError::Budget { message: why });
                 }
-                _ => return Err(error),
+                let error = match outcome {
+                    Outcome::Ok(raw) => match serde_json::from_value::<T>(raw.clone()) {
+                        Ok(value) => {
+                            return Ok(Called {
+                                value,
+                                raw,
+                                function,
+                                provider: settings.provider.clone(),
+                                model: settings.model.clone(),
+                                latency_ms: u64::try_from(started.elapsed().as_millis())
+                                    .unwrap_or(u64::MAX),
+                                attempts,
+                            });
+                        }
+                        // BAML coerced the answer into its class, but a value does not fit
+                        // the Rust mirror (e.g. a negative index): the model is at fault.
+                        Err(e) => LlmError::Parse {
+                            function,
+                            message: format!("the answer does not fit the Rust type: {e}"),
+                            raw_output: Some(tidy(&raw.to_string(), RAW_OUTPUT_CHARS)),
+                        },
+                    },
+                    // The meter answers 502 when the provider cannot be reached at all.
+                    Outcome::Failed(LlmError::Transient { message, .. }) if unreachable => {
+                        LlmError::Transient {
+                            status: None,
+                            message,
+                        }
+                    }
+                    Outcome::Failed(e) => e,
+                    Outcome::Unreachable(generation, why) => {
+                        if sidecar_failures < self.retry.sidecar_retries {
+                            sidecar_failures += 1;
+                            tracing::warn!(function, attempts, %why, "BAML sidecar unreachable; retrying once it is back");
+                            failed_generation = Some(generation);
+                            continue;
+                        }
+                        LlmError::Sidecar {
+                            message: format!("unreachable: {why}"),
+                        }
+                    }
+                };
+                // The route's address is the meter's, never a secret, but keys are.
+                let error = error.redacted(key);
+                let next = match &error {
+                    LlmError::Parse { message, .. }
+                        if parse_failures < self.retry.parse_retries =>
+                    {
+                        parse_failures += 1;
+                        tracing::warn!(function, attempts, %message, "model output did not parse; asking again");
+                        self.notify(function, attempts, error.to_string(), Duration::ZERO);
+                        Next::Retry
+                    }
+                    LlmError::Transient { status, message }
+                        if transient_failures < self.retry.transient_retries =>
+                    {
+                        let base = self.retry.backoff * 2u32.saturating_pow(transient_failures);
+                        // Jitter spreads the retries of many features hitting one rate limit.
+                        let delay = base + base.mul_f64(rand::random::<f64>() * 0.5);
+                        transient_failures += 1;
+                        tracing::warn!(function, attempts, ?status, %message, ?delay, "transient LLM failure; retrying");
+                        self.notify(function, attempts, error.to_string(), delay);
+                        tokio::time::sleep(delay).await;
+                        Next::Retry
+                    }
+                    LlmError::Transient { .. } if index + 1 < self.chain.len() => Next::Fallback,
+                    _ => Next::Fail,
+                };
+                match next {
+                    Next::Retry => {}
+                    Next::Fallback => {
+                        let to = &self.chain[index + 1];
+                        tracing::warn!(function, attempts, from = %settings.provider, to = %to.provider, "provider keeps failing; falling back");
+                        self.notify(
+                            function,
+                            attempts,
+                            format!(
+                                "{error}; falling back from {}/{} to {}/{}",
+                                settings.provider, settings.model, to.provider, to.model
+                            ),
+                            Duration::ZERO,
+                        );
+                        last_error = Some(error);
+                        break;
+                    }
+                    Next::Fail => return Err(error),
+                }
             }
         }
+        Err(last_error.unwrap_or(LlmError::NotConfigured))
     }
 
     async fn post(

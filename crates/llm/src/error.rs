@@ -47,6 +47,10 @@ pub enum LlmError {
     #[error("the LLM call did not finish within {after:?}")]
     Timeout { after: Duration },
 
+    /// A token or cost budget would be exceeded by the next request, so it was not made.
+    #[error("the LLM budget is reached: {message}")]
+    Budget { message: String },
+
     /// A setting is invalid; the message names the variable or field.
     #[error("LLM configuration: {0}")]
     Config(String),
@@ -92,6 +96,9 @@ impl LlmError {
                 message: r(message),
             },
             LlmError::Config(message) => LlmError::Config(r(message)),
+            LlmError::Budget { message } => LlmError::Budget {
+                message: r(message),
+            },
             other @ (LlmError::NotConfigured | LlmError::Timeout { .. }) => other,
         }
     }

@@ -1,15 +1,20 @@
 //! builder-llm: builder's typed calls to the LLM — the four BAML functions in `baml_src/`
 //! (AnalyzeFeature, PlanFeature, GenerateEdits, ValidateChange) served by a supervised
 //! `baml-cli serve` sidecar, provider settings from `BAML_CLIENT_*`, retries, and the safe
-//! application of the model's edits to a working copy.
+//! application of the model's edits to a working copy. Every provider request passes
+//! through a metering proxy of ours (`meter`), which is how calls get their token usage
+//! and cost, and how budgets are enforced before a request leaves.
 //!
 //! It must not depend on other builder crates (the worker maps these types onto the domain)
 //! nor hold provider secrets anywhere but in the per-request settings: the sidecar's
 //! environment has no key, and no error or log line carries one.
 
 mod client;
+mod config;
 mod edits;
 mod error;
+mod meter;
+mod prices;
 pub mod replay;
 mod settings;
 mod sidecar;
@@ -20,9 +25,12 @@ mod edits_tests;
 #[cfg(test)]
 mod sidecar_tests;
 
-pub use client::{Called, LlmClient, RetryNotice, RetryPolicy};
+pub use client::{Called, LlmClient, RetryNotice, RetryPolicy, Spent, UsageLedger};
+pub use config::{DEFAULT_PROFILE, DefaultBudgets, ENV_LLM_CONFIG, LlmConfig};
 pub use edits::{AppliedEdit, EditError, apply_edits};
 pub use error::LlmError;
+pub use meter::{Budget, MIN_OUTPUT_TOKENS, TokenUsage};
+pub use prices::{Price, PriceTable};
 pub use replay::{Replay, TRANSCRIPT_FILE, transcript_line};
 pub use settings::{
     ENV_API_KEY, ENV_BASE_URL, ENV_MAX_TOKENS, ENV_MODEL, ENV_PROVIDER, ENV_TEMPERATURE,

@@ -12,8 +12,8 @@ pub const ENV_MAX_TOKENS: &str = "BAML_MAX_TOKENS";
 pub const ENV_TEMPERATURE: &str = "BAML_TEMPERATURE";
 
 const PROVIDERS: [&str; 3] = ["openai", "anthropic", "openai-generic"];
-const DEFAULT_MAX_TOKENS: u32 = 4096;
-const DEFAULT_TEMPERATURE: f32 = 0.2;
+pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
+pub(crate) const DEFAULT_TEMPERATURE: f32 = 0.2;
 
 /// Which model answers and how. Passed to the sidecar with every call, never stored in it.
 #[derive(Clone, PartialEq)]
@@ -185,6 +185,16 @@ impl LlmSettings {
             )));
         }
         Ok(())
+    }
+
+    /// Where the provider's API lives: the configured base URL or the provider's own.
+    pub fn upstream(&self) -> Option<&str> {
+        match (&self.base_url, self.provider.as_str()) {
+            (Some(url), _) => Some(url),
+            (None, "openai") => Some("https://api.openai.com/v1"),
+            (None, "anthropic") => Some("https://api.anthropic.com"),
+            (None, _) => None,
+        }
     }
 
     /// The `__baml_options__.client_registry` value that makes the sidecar use these

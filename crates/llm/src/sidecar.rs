@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub phase: watch::Sender<Phase>,
     pub http: reqwest::Client,
     pub config: SidecarConfig,
+    /// Every provider request of the sidecar goes through it (usage, budgets).
+    pub meter: crate::meter::Meter,
 }
 
 impl Shared {
@@ -162,11 +164,17 @@ impl Sidecar {
                 .map_err(|e| LlmError::Sidecar {
                     message: format!("building the HTTP client: {e}"),
                 })?;
+        let meter = crate::meter::Meter::start(config.call_timeout)
+            .await
+            .map_err(|e| LlmError::Sidecar {
+                message: format!("starting the metering proxy: {e}"),
+            })?;
         let (phase, _) = watch::channel(Phase::Starting);
         let shared = Arc::new(Shared {
             phase,
             http,
             config,
+            meter,
         });
         // A start can lose the race for its port (see `free_port`); try a few ports before
         // calling the sidecar broken. Configuration errors do not improve with retries.
@@ -198,7 +206,14 @@ impl Sidecar {
 
     /// A client that calls the four functions with `settings`.
     pub fn client(&self, settings: crate::LlmSettings) -> crate::LlmClient {
-        crate::LlmClient::new(self.shared.clone(), settings)
+        crate::LlmClient::new(self.shared.clone(), vec![settings])
+    }
+
+    /// A client that asks `chain[0]` and, once its transient retries are spent, each next
+    /// one in turn (see [`crate::LlmConfig::chain`]). An empty chain is a configuration
+    /// error at the first call.
+    pub fn client_chain(&self, chain: Vec<crate::LlmSettings>) -> crate::LlmClient {
+        crate::LlmClient::new(self.shared.clone(), chain)
     }
 
     /// The sidecar's loopback URL right now, if it is up.

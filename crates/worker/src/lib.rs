@@ -12,7 +12,7 @@ mod steps;
 
 use builder_core::{EventEnvelope, Feature, FeatureId, NextStep, RepositoryId};
 use builder_git::Git;
-use builder_llm::{LlmSettings, Sidecar};
+use builder_llm::{LlmConfig, Sidecar};
 use builder_sandbox::SandboxRuntime;
 use builder_store::{AppendError, Store};
 use std::collections::HashMap;
@@ -54,7 +54,8 @@ pub struct WorkerConfig {
 pub enum Llm {
     Ready {
         sidecar: Arc<Sidecar>,
-        settings: LlmSettings,
+        /// Profiles, fallbacks, prices and default budgets.
+        config: Arc<LlmConfig>,
     },
     /// Answers from a recorded transcript (`BUILDER_LLM_REPLAY`): no model is asked.
     Replay(Arc<builder_llm::Replay>),

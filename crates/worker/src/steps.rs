@@ -3,11 +3,16 @@
 
 use crate::{Llm, PRODUCER, StepError, Worker};
 use builder_core::event::{
-    DeliveryResult, ErrorCode, Event, ExecutionError, ExecutionPlan, PlanStep,
+    DeliveryResult, ErrorCode, Event, ExecutionError, ExecutionPlan, LlmUsage, PlanStep,
 };
-use builder_core::{Credential, EventEnvelope, Feature, FeatureState, NextStep, RepositoryState};
+use builder_core::spec::{
+    LLM_MAX_COST_PROPERTY, LLM_MODEL_PROPERTY, LLM_PROFILE_PROPERTY, parse_cost,
+};
+use builder_core::{
+    Credential, EventEnvelope, Feature, FeatureState, NextStep, Repository, RepositoryState,
+};
 use builder_git::GitCredential;
-use builder_llm::{Called, LlmClient, LlmError};
+use builder_llm::{Budget, Called, LlmClient, LlmError, UsageLedger};
 use builder_sandbox::{CommandSpec, ExecOutcome, SandboxLimits, TestFramework};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +43,8 @@ pub(crate) async fn run(
         events,
         retry_tx,
         retry_rx: Some(retry_rx),
+        ledger: UsageLedger::new(),
+        llm_label: (String::new(), String::new()),
     };
     match step {
         NextStep::Analyze => run.analyze().await,
@@ -58,6 +65,10 @@ struct Run<'a> {
     /// The LLM client reports each retried attempt here; `call` records them as events.
     retry_tx: tokio::sync::mpsc::UnboundedSender<builder_llm::RetryNotice>,
     retry_rx: Option<tokio::sync::mpsc::UnboundedReceiver<builder_llm::RetryNotice>>,
+    /// The usage of the current client's calls (set by [`Run::llm`]).
+    ledger: UsageLedger,
+    /// Provider and model asked first by the current client.
+    llm_label: (String, String),
 }
 
 fn tail(s: &str, max: usize) -> String {
@@ -273,30 +284,130 @@ impl Run<'_> {
         }
     }
 
-    /// The configured provider settings, with the feature's own `llm.model` if it names one.
-    fn llm_settings(&self) -> Option<builder_llm::LlmSettings> {
-        let Llm::Ready { settings, .. } = &self.w.llm else {
-            return None;
-        };
-        let mut settings = settings.clone();
-        if let Some(model) = self
-            .feature
+    /// A property of the feature, else of its repository.
+    fn property<'p>(&'p self, repo: Option<&'p Repository>, key: &str) -> Option<&'p str> {
+        self.feature
             .spec
             .properties
-            .get(builder_core::spec::LLM_MODEL_PROPERTY)
-        {
-            settings.model = model.clone();
-        }
-        Some(settings)
+            .get(key)
+            .or_else(|| repo.and_then(|r| r.properties.get(key)))
+            .map(String::as_str)
     }
 
-    fn llm(&self) -> Result<LlmClient, String> {
-        match &self.w.llm {
-            Llm::Ready { sidecar, .. } => Ok(sidecar
-                .client(self.llm_settings().ok_or("the LLM settings vanished")?)
-                .with_retry_observer(self.retry_tx.clone())),
-            Llm::Replay(replay) => Ok(LlmClient::replay(replay.clone())),
-            Llm::Unavailable(why) => Err(why.clone()),
+    /// A client for the feature's provider chain (its or its repository's `llm.profile` and
+    /// `llm.model`, then the configured fallbacks), priced and held to its budgets. Its
+    /// usage is read by [`Run::call`].
+    async fn llm(&mut self) -> Result<LlmClient, String> {
+        let (sidecar, config) = match &self.w.llm {
+            Llm::Ready { sidecar, config } => (sidecar.clone(), config.clone()),
+            Llm::Replay(replay) => {
+                self.llm_label = ("replay".into(), "transcript".into());
+                return Ok(LlmClient::replay(replay.clone()));
+            }
+            Llm::Unavailable(why) => return Err(why.clone()),
+        };
+        let repo = self
+            .w
+            .store
+            .get_repository(self.feature.spec.repository_id)
+            .await
+            .map_err(|e| format!("reading the repository: {e}"))?;
+        let chain = config
+            .chain(
+                self.property(repo.as_ref(), LLM_PROFILE_PROPERTY),
+                self.property(repo.as_ref(), LLM_MODEL_PROPERTY),
+            )
+            .map_err(|e| e.to_string())?;
+        let budget = self.budget(&config, repo.as_ref()).await?;
+        self.llm_label = (chain[0].provider.clone(), chain[0].model.clone());
+        self.ledger = UsageLedger::new();
+        Ok(sidecar
+            .client_chain(chain)
+            .with_prices(config.prices.clone())
+            .with_budget(budget)
+            .with_ledger(self.ledger.clone())
+            .with_retry_observer(self.retry_tx.clone()))
+    }
+
+    /// What the feature may still spend: `constraints.max_llm_tokens`, its cost cap and its
+    /// repository's, less what was spent (the repository's across all its features).
+    async fn budget(
+        &self,
+        config: &builder_llm::LlmConfig,
+        repo: Option<&Repository>,
+    ) -> Result<Budget, String> {
+        let used = &self.feature.llm_usage;
+        let mut budget = Budget::unlimited();
+        let max_tokens = self.feature.spec.constraints.max_llm_tokens;
+        if max_tokens > 0 {
+            budget = budget.limit_tokens(
+                max_tokens.saturating_sub(used.total_tokens()),
+                format!("the feature's token budget (constraints.max_llm_tokens = {max_tokens})"),
+            );
+        }
+        let feature_cap = match self.feature.spec.properties.get(LLM_MAX_COST_PROPERTY) {
+            Some(v) => Some((parse_cost(v)?, "feature property")),
+            None => config
+                .budgets
+                .feature_max_cost_usd
+                .map(|c| (c, "configured feature default")),
+        };
+        if let Some((cap, from)) = feature_cap {
+            let spent = used.cost_usd.ok_or_else(|| {
+                "the feature has a cost budget but its spending so far is unknown (a model without a price in the price table)".to_string()
+            })?;
+            budget = budget.limit_cost(
+                cap - spent,
+                format!("the feature's cost budget ({LLM_MAX_COST_PROPERTY} = {cap} USD, {from})"),
+            );
+        }
+        let repo_cap = match repo.and_then(|r| r.properties.get(LLM_MAX_COST_PROPERTY)) {
+            Some(v) => Some((parse_cost(v)?, "repository property")),
+            None => config
+                .budgets
+                .repository_max_cost_usd
+                .map(|c| (c, "configured repository default")),
+        };
+        if let Some((cap, from)) = repo_cap {
+            let spent = self.repository_spend().await?;
+            budget = budget.limit_cost(
+                cap - spent,
+                format!(
+                    "the repository's cost budget ({LLM_MAX_COST_PROPERTY} = {cap} USD, {from}; {spent:.4} USD spent)"
+                ),
+            );
+        }
+        Ok(budget)
+    }
+
+    /// US dollars all features of this repository have spent on LLM calls.
+    async fn repository_spend(&self) -> Result<f64, String> {
+        let mut spent = 0.0;
+        let mut query = builder_store::FeatureQuery {
+            repository_id: Some(self.feature.spec.repository_id),
+            limit: builder_store::FeatureQuery::MAX_LIMIT,
+            ..Default::default()
+        };
+        loop {
+            let page = self
+                .w
+                .store
+                .search(&query)
+                .await
+                .map_err(|e| format!("reading the repository's LLM spending: {e}"))?;
+            for f in &page {
+                // This run's figures are fresher than the stored projection's.
+                let usage = if f.id == self.feature.id {
+                    &self.feature.llm_usage
+                } else {
+                    &f.llm_usage
+                };
+                spent += usage.cost_usd.unwrap_or(0.0);
+            }
+            if page.len() < query.limit as usize {
+                return Ok(spent);
+            }
+            query.offset += query.limit;
         }
     }
 
@@ -306,14 +417,8 @@ impl Run<'_> {
         function: &str,
         fut: impl std::future::Future<Output = Result<Called<T>, LlmError>>,
     ) -> Result<Result<T, LlmError>, StepError> {
-        let (provider, model) = match &self.w.llm {
-            Llm::Ready { .. } => match self.llm_settings() {
-                Some(s) => (s.provider, s.model),
-                None => (String::new(), String::new()),
-            },
-            Llm::Replay(_) => ("replay".to_string(), "transcript".to_string()),
-            Llm::Unavailable(_) => (String::new(), String::new()),
-        };
+        let (provider, model) = self.llm_label.clone();
+        let before = self.ledger.spent();
         let _slot = self.slot(Resource::Llm).await?;
         self.emit(vec![Event::LlmInvocationStarted {
             function: function.into(),
@@ -369,10 +474,23 @@ impl Run<'_> {
             self.append_artifact(builder_llm::TRANSCRIPT_FILE, &line)
                 .await;
         }
-        let (attempts, ok, error) = match &result {
-            Ok(c) => (c.attempts, true, None),
+        let (attempts, ok, error, provider, model) = match &result {
+            // A fallback may have answered.
+            Ok(c) => (c.attempts, true, None, c.provider.clone(), c.model.clone()),
             // A failed call's retries are inside the LLM client; 0 marks "not counted".
-            Err(e) => (0, false, Some(e.to_string())),
+            Err(e) => (0, false, Some(e.to_string()), provider, model),
+        };
+        let after = self.ledger.spent();
+        let usage = LlmUsage {
+            input_tokens: after.usage.input_tokens - before.usage.input_tokens,
+            output_tokens: after.usage.output_tokens - before.usage.output_tokens,
+            cache_read_tokens: after.usage.cache_read_tokens - before.usage.cache_read_tokens,
+            cache_write_tokens: after.usage.cache_write_tokens - before.usage.cache_write_tokens,
+            cost_usd: match (after.cost_usd, before.cost_usd) {
+                (Some(a), Some(b)) => Some((a - b).max(0.0)),
+                _ => None,
+            },
+            estimated: after.usage.estimated,
         };
         self.emit(vec![Event::LlmResponseReceived {
             function: function.into(),
@@ -382,6 +500,7 @@ impl Run<'_> {
             attempts,
             ok,
             error,
+            usage,
         }])
         .await?;
         Ok(result.map(|c| c.value))
@@ -550,7 +669,7 @@ impl Run<'_> {
         }])
         .await?;
 
-        let client = match self.llm() {
+        let client = match self.llm().await {
             Ok(c) => c,
             Err(why) => {
                 return self
@@ -672,7 +791,7 @@ impl Run<'_> {
             };
             return self.emit(taken).await;
         }
-        let client = match self.llm() {
+        let client = match self.llm().await {
             Ok(c) => c,
             Err(why) => {
                 return self
@@ -781,7 +900,7 @@ impl Run<'_> {
             self.emit(vec![Event::ExecutionStarted { iteration }])
                 .await?;
         }
-        let client = match self.llm() {
+        let client = match self.llm().await {
             Ok(c) => c,
             Err(why) => {
                 return self
@@ -1190,7 +1309,7 @@ impl Run<'_> {
         }
 
         // A review of the diff against the request before anything leaves the machine.
-        let client = match self.llm() {
+        let client = match self.llm().await {
             Ok(c) => c,
             Err(why) => return self.fail(None, ErrorCode::Internal, why, "", true).await,
         };
