@@ -2,12 +2,23 @@
 //! the toolchain homes read-only, a private `/tmp`, the working copy (and `writable_extra`)
 //! read-write at the same absolute paths, no network, no host processes, no capabilities
 //! and an environment built from scratch.
+//!
+//! With an egress allow-list (`with_egress`) the sandbox still has its own, empty network
+//! namespace (only `lo`). Each run gets its own egress proxy (`crate::proxy`, served by the
+//! run's future, gone when it ends) on a Unix socket in a private directory, bound
+//! read-only at [`EGRESS_SANDBOX_DIR`]. The command is wrapped by a shell that first starts
+//! the bridge program ([`crate::run_net_bridge`]) in the background, waits for its `ready`
+//! line, then `exec`s the command; the bridge forwards `127.0.0.1:3128` to the socket and
+//! dies with the sandbox's PID namespace.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::egress::{EgressConfig, HostPattern, Policy};
 use crate::exec::{CheckedSpec, RunLimits, check_spec, common_enforced, supervise};
+use crate::proxy::ProxyRun;
 use crate::toolchain::Toolchains;
 use crate::{CommandSpec, RunFuture, SandboxError, SandboxRuntime};
 
@@ -49,6 +60,33 @@ const ETC_ALLOW: &[&str] = &[
 /// Where the sandboxed command's HOME and TMPDIR point: the private tmpfs.
 const SANDBOX_HOME: &str = "/tmp";
 
+/// Where the run's egress proxy directory (holding `proxy.sock`) appears in the sandbox.
+pub const EGRESS_SANDBOX_DIR: &str = "/run/builder-egress";
+/// The loopback address the bridge listens on inside the sandbox (its own namespace, so
+/// no port is ever taken; 3128 is outside the ephemeral range test servers get).
+pub const EGRESS_PROXY_ADDR: &str = "127.0.0.1:3128";
+
+/// Switches a build tool from offline to online; dropped from the base environment when an
+/// allow-list is set (a `CommandSpec::env` entry can set them again).
+const OFFLINE_SWITCHES: &[&str] = &["CARGO_NET_OFFLINE", "PIP_NO_INDEX", "GOPROXY"];
+
+/// Runs in the sandbox as `/bin/sh -c WRAPPER builder-sandbox COMMAND BRIDGE ARGS...`:
+/// starts the bridge in the background, waits for its `ready` line (command substitution
+/// returns when the bridge closes its stdout; anything a host binary printed before
+/// `ready` is tolerated), then becomes the command's shell, so the exit status and `$$`
+/// are the command's own.
+const EGRESS_WRAPPER: &str = "c=$1; shift; r=$(\"$@\" </dev/null &); \
+case $r in *ready) ;; *) echo 'builder-sandbox: the network egress bridge did not start' >&2; exit 125;; esac; \
+exec /bin/sh -c \"$c\"";
+
+#[derive(Debug)]
+struct Egress {
+    policy: Policy,
+    allow: Vec<HostPattern>,
+    program: PathBuf,
+    args_prefix: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct BwrapRuntime {
     bwrap: PathBuf,
@@ -60,6 +98,8 @@ pub struct BwrapRuntime {
     /// The seccomp deny-list (`crate::seccomp`) as a second wall. Dropped only when the
     /// host's bwrap cannot load it; `detect` logs that.
     seccomp: bool,
+    /// The egress allow-list and its bridge; `None`: no network at all.
+    egress: Option<Arc<Egress>>,
 }
 
 impl BwrapRuntime {
@@ -81,6 +121,7 @@ impl BwrapRuntime {
             extra_ro: Vec::new(),
             harden_userns: true,
             seccomp: crate::seccomp::program().is_some(),
+            egress: None,
         };
         tracing::info!("{}", crate::describe_limits());
         if rt.seccomp
@@ -129,10 +170,60 @@ impl BwrapRuntime {
         self
     }
 
+    /// Gives sandboxed commands network access to the hosts in `config.allow`, through a
+    /// per-run egress proxy (see the module doc). An empty list turns it off again. Fails
+    /// when the bridge program is not an existing file or does not start in the sandbox
+    /// (checked here, once, by running `true` with the egress wrapper).
+    pub fn with_egress(mut self, config: EgressConfig) -> Result<Self, SandboxError> {
+        if config.allow.is_empty() {
+            self.egress = None;
+            return Ok(self);
+        }
+        let unusable = |reason: String| SandboxError::Unavailable {
+            runtime: Self::NAME,
+            reason: format!("network egress allow-list: {reason}"),
+        };
+        let program = config
+            .bridge_program
+            .canonicalize()
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                unusable(format!(
+                    "bridge program `{}` is not an existing file",
+                    config.bridge_program.display()
+                ))
+            })?;
+        self.egress = Some(Arc::new(Egress {
+            policy: Policy::new(config.allow.clone()),
+            allow: config.allow,
+            program,
+            args_prefix: config.bridge_args_prefix,
+        }));
+        self.self_test().map_err(unusable)?;
+        Ok(self)
+    }
+
+    /// The egress allow-list in force (empty: no network).
+    pub fn egress_allow_list(&self) -> &[HostPattern] {
+        self.egress.as_ref().map_or(&[], |e| &e.allow)
+    }
+
     fn self_test(&self) -> Result<(), String> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let spec = CommandSpec::new(dir.path(), "true");
         let checked = check_spec(&spec).map_err(|e| e.to_string())?;
+        // With egress, the wrapper and bridge run too (nothing listens on the socket: the
+        // bridge only connects per connection).
+        let egress_dir = match &self.egress {
+            Some(_) => Some(
+                tempfile::Builder::new()
+                    .prefix("builder-egress-test-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot create a temp dir: {e}"))?,
+            ),
+            None => None,
+        };
         let filter = self.seccomp_file().map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new(&self.bwrap);
         if let Some(f) = &filter {
@@ -143,7 +234,12 @@ impl BwrapRuntime {
             }
         }
         let out = cmd
-            .args(self.args(&checked, &spec, filter.as_ref().map(|f| f.as_raw_fd())))
+            .args(self.args(
+                &checked,
+                &spec,
+                filter.as_ref().map(|f| f.as_raw_fd()),
+                egress_dir.as_ref().map(|d| d.path()),
+            ))
             .env_clear()
             .stdin(std::process::Stdio::null())
             .output()
@@ -173,7 +269,9 @@ impl BwrapRuntime {
         checked: &CheckedSpec,
         spec: &CommandSpec,
         seccomp_fd: Option<RawFd>,
+        egress_dir: Option<&Path>,
     ) -> Vec<OsString> {
+        let egress = self.egress.as_deref().zip(egress_dir);
         let mut a = Args::default();
         a.flag("--unshare-all");
         if self.harden_userns {
@@ -208,20 +306,53 @@ impl BwrapRuntime {
         for p in self.toolchains.ro_binds.iter().chain(&self.extra_ro) {
             a.mirror_ro(p, true);
         }
+        if let Some((e, dir)) = egress {
+            a.bind("--ro-bind", &e.program);
+            a.flag("--ro-bind").path(dir).flag(EGRESS_SANDBOX_DIR);
+        }
         a.bind("--bind", &checked.workdir);
         for p in &checked.writable_extra {
             a.bind("--bind", p);
         }
         a.flag("--chdir").path(&checked.workdir);
         a.flag("--clearenv");
-        let env = self.toolchains.base_env(Path::new(SANDBOX_HOME));
+        let mut env = self.toolchains.base_env(Path::new(SANDBOX_HOME));
+        if let Some((e, _)) = egress {
+            env.retain(|(k, _)| !OFFLINE_SWITCHES.contains(&k.as_str()));
+            env.extend(
+                proxy_env(&e.allow)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v)),
+            );
+        }
         for (k, v) in env.iter().chain(&spec.env) {
             a.flag("--setenv").flag(k).flag(v);
         }
         if let Some(fd) = seccomp_fd {
             a.flag("--seccomp").flag(fd.to_string());
         }
-        a.flag("--").flag("/bin/sh").flag("-c").flag(&spec.command);
+        a.flag("--").flag("/bin/sh").flag("-c");
+        match egress {
+            None => {
+                a.flag(&spec.command);
+            }
+            Some((e, _)) => {
+                a.flag(EGRESS_WRAPPER)
+                    .flag("builder-sandbox")
+                    .flag(&spec.command)
+                    .path(&e.program);
+                for p in &e.args_prefix {
+                    a.flag(p);
+                }
+                a.flag("--listen")
+                    .flag(EGRESS_PROXY_ADDR)
+                    .flag("--connect")
+                    .flag(format!(
+                        "{EGRESS_SANDBOX_DIR}/{}",
+                        crate::proxy::SOCKET_NAME
+                    ));
+            }
+        }
         a.0
     }
 }
@@ -234,6 +365,16 @@ impl SandboxRuntime for BwrapRuntime {
     fn run<'a>(&'a self, spec: &'a CommandSpec) -> RunFuture<'a> {
         Box::pin(async move {
             let checked = check_spec(spec)?;
+            // The run's own proxy: its socket directory is bound into the sandbox below.
+            let proxy = match &self.egress {
+                Some(e) => Some(ProxyRun::start(e.policy.clone()).map_err(|err| {
+                    SandboxError::Unavailable {
+                        runtime: Self::NAME,
+                        reason: format!("cannot start the egress proxy: {err}"),
+                    }
+                })?),
+                None => None,
+            };
             // Lives until the run ends; bwrap has read it by then.
             let filter = self.seccomp_file()?;
             let mut cmd = tokio::process::Command::new(&self.bwrap);
@@ -244,12 +385,22 @@ impl SandboxRuntime for BwrapRuntime {
                     cmd.pre_exec(move || inherit_fd(fd));
                 }
             }
-            cmd.args(self.args(&checked, spec, filter.as_ref().map(|f| f.as_raw_fd())))
-                .env_clear();
+            cmd.args(self.args(
+                &checked,
+                spec,
+                filter.as_ref().map(|f| f.as_raw_fd()),
+                proxy.as_ref().map(|p| p.dir()),
+            ))
+            .env_clear();
             let mut enforced = common_enforced(spec);
+            enforced.push(match &self.egress {
+                Some(e) if proxy.is_some() => {
+                    format!("network=allow-list({} hosts) via proxy", e.allow.len())
+                }
+                _ => "network=none".to_string(),
+            });
             enforced.extend(
                 [
-                    "network=none",
                     "pid-namespace",
                     "filesystem=workdir-only",
                     "capabilities=none",
@@ -263,7 +414,32 @@ impl SandboxRuntime for BwrapRuntime {
                 enforced.push(format!("tmp={mb}MB"));
             }
             let limits = RunLimits::prepare(spec, &checked).await;
-            supervise(cmd, spec, Self::NAME, enforced, limits).await
+            let run = supervise(cmd, spec, Self::NAME, enforced, limits);
+            let Some(proxy) = proxy else {
+                return run.await;
+            };
+            let log = proxy.log();
+            // The proxy is served by this future: when the command is over (or the future
+            // is dropped) the proxy, its socket directory and open tunnels go with it.
+            let mut outcome = tokio::select! {
+                r = run => r?,
+                never = proxy.serve() => match never {},
+            };
+            let (refused, more) = log.take();
+            if !refused.is_empty() {
+                let mut line = format!(
+                    "network: {} egress connection(s) refused: ",
+                    refused.len() as u64 + more
+                );
+                let shown: Vec<String> = refused.iter().take(5).map(ToString::to_string).collect();
+                line.push_str(&shown.join("; "));
+                if refused.len() as u64 + more > 5 {
+                    line.push_str("; ...");
+                }
+                outcome.limits_hit.push(line);
+            }
+            outcome.egress_refused = refused;
+            Ok(outcome)
         })
     }
 }
@@ -275,6 +451,31 @@ fn inherit_fd(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The proxy variables set inside the sandbox when egress is on. `NO_PROXY` keeps the
+/// sandbox's own loopback (test servers a repository's tests start) off the proxy, unless
+/// the allow-list names a loopback entry: then loopback is meant to reach the host's
+/// service through the proxy, and `NO_PROXY` is left unset.
+fn proxy_env(allow: &[HostPattern]) -> Vec<(&'static str, String)> {
+    let url = format!("http://{EGRESS_PROXY_ADDR}");
+    let mut env: Vec<(&'static str, String)> = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|k| (k, url.clone()))
+    .collect();
+    if !allow.iter().any(HostPattern::is_loopback) {
+        for k in ["NO_PROXY", "no_proxy"] {
+            env.push((k, "localhost,127.0.0.1,::1".to_string()));
+        }
+    }
+    env
 }
 
 fn find_bwrap() -> Option<PathBuf> {

@@ -366,6 +366,7 @@ pub(crate) async fn supervise(
         unenforced_limits: unenforced,
         killed_by,
         limits_hit,
+        egress_refused: Vec::new(),
     })
 }
 

@@ -5,15 +5,31 @@
 //! The default runtime is bubblewrap (no network, read-only system, only the working copy
 //! writable, empty host environment, a seccomp deny-list as a second wall). Memory, pids
 //! and CPU limits go through a per-run cgroup (v1 or v2, see [`describe_limits`]); the disk
-//! cap through a sized private /tmp and a growth check of the writable directories. `ProcessRuntime` has no isolation and exists only as an
-//! explicit opt-in. This crate must not depend on any other builder crate, on a database, on
-//! the event store or on credentials: nothing secret may ever be handed to it.
+//! cap through a sized private /tmp and a growth check of the writable directories.
+//! `ProcessRuntime` has no isolation (full network, no allow-list) and exists only as an
+//! explicit opt-in.
+//!
+//! Network egress allow-list (`SANDBOX_NETWORK_EGRESS_WHITELIST`, parsed by
+//! [`parse_allow_list`], enabled by [`BwrapRuntime::with_egress`]): the sandbox keeps its
+//! own empty network namespace; per run, builder serves an HTTP/1.1 forward proxy
+//! (`CONNECT` and plain `http://`) on a Unix socket in a private directory bound into the
+//! sandbox, and [`run_net_bridge`] (started inside the sandbox before the command) exposes
+//! it on `127.0.0.1:3128` there, with `HTTP(S)_PROXY`/`ALL_PROXY` pointing at it. The proxy
+//! lets through only listed hosts, refuses names that resolve to internal addresses
+//! (DNS-rebinding guard, see `egress.rs`), and every refusal lands in
+//! [`ExecOutcome::egress_refused`]. Without an allow-list there is no proxy and no network.
+//!
+//! This crate must not depend on any other builder crate, on a database, on the event store
+//! or on credentials: nothing secret may ever be handed to it.
 
 mod bwrap;
 mod cgroup;
 mod disk;
+mod egress;
 mod exec;
+mod netbridge;
 mod process;
+mod proxy;
 mod seccomp;
 mod testparse;
 mod toolchain;
@@ -23,8 +39,13 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use bwrap::BwrapRuntime;
+pub use bwrap::{BwrapRuntime, EGRESS_PROXY_ADDR, EGRESS_SANDBOX_DIR};
 pub use cgroup::{CGROUP_PARENT_ENV, CgroupVersion, cgroup_version, describe_limits};
+pub use egress::{
+    AllowListError, DEFAULT_EGRESS_PORTS, EgressConfig, EgressRefusal, HostPattern,
+    MAX_REFUSALS_KEPT, parse_allow_list,
+};
+pub use netbridge::{NET_BRIDGE_USAGE, NetBridgeError, run_net_bridge};
 pub use process::ProcessRuntime;
 pub use testparse::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
 
@@ -110,7 +131,7 @@ pub struct ExecOutcome {
     /// `name()` of the runtime that ran it.
     pub runtime: &'static str,
     /// Limits and isolation properties that were actually in force, e.g. `timeout=30s`,
-    /// `network=none`.
+    /// `network=none` or `network=allow-list(3 hosts) via proxy`.
     pub enforced_limits: Vec<String>,
     /// Requested limits this runtime could not apply, e.g. `memory=512MB`.
     pub unenforced_limits: Vec<String>,
@@ -120,6 +141,10 @@ pub struct ExecOutcome {
     /// Every limit the command ran into, with figures, e.g. `pids: 1488 fork(s) refused`
     /// (a refused fork does not end a run by itself; the command sees EAGAIN).
     pub limits_hit: Vec<String>,
+    /// Connections the egress proxy refused during the run, in order (at most
+    /// [`MAX_REFUSALS_KEPT`]; `limits_hit` then says how many more there were). Empty
+    /// without an allow-list: with no network there is nothing to refuse or record.
+    pub egress_refused: Vec<EgressRefusal>,
 }
 
 impl ExecOutcome {
@@ -174,6 +199,34 @@ pub fn runtime_from_name(name: &str) -> Result<Box<dyn SandboxRuntime>, SandboxE
     }
 }
 
+/// [`runtime_from_name`] with the egress allow-list applied to `bwrap`. The `process`
+/// runtime has full network and cannot apply an allow-list; that is logged.
+pub fn runtime_from_name_with_egress(
+    name: &str,
+    egress: Option<EgressConfig>,
+) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
+    let egress = egress.filter(|e| !e.allow.is_empty());
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "bwrap" | "bubblewrap" => {
+            let rt = BwrapRuntime::detect()?;
+            Ok(Box::new(match egress {
+                Some(e) => rt.with_egress(e)?,
+                None => rt,
+            }))
+        }
+        "process" => {
+            if egress.is_some() {
+                tracing::warn!(
+                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
+                     `process`: it has full network access"
+                );
+            }
+            runtime_from_name(name)
+        }
+        _ => runtime_from_name(name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +242,35 @@ mod tests {
         assert!(matches!(
             runtime_from_name("docker"),
             Err(SandboxError::UnknownRuntime(n)) if n == "docker"
+        ));
+    }
+
+    #[test]
+    fn runtime_names_with_egress() {
+        let cfg = |allow: &str| {
+            Some(EgressConfig {
+                allow: parse_allow_list(allow).unwrap(),
+                bridge_program: PathBuf::from("/nonexistent/bridge"),
+                bridge_args_prefix: vec![],
+            })
+        };
+        // `process` has full network: the list is logged as not applied, not an error.
+        let rt = runtime_from_name_with_egress("process", cfg("crates.io")).unwrap();
+        assert_eq!(rt.name(), ProcessRuntime::NAME);
+        // An empty list is no egress: the bridge is never looked at.
+        assert_eq!(
+            runtime_from_name_with_egress("bwrap", cfg(""))
+                .unwrap()
+                .name(),
+            "bwrap"
+        );
+        assert!(matches!(
+            runtime_from_name_with_egress("bwrap", cfg("crates.io")),
+            Err(SandboxError::Unavailable { reason, .. }) if reason.contains("/nonexistent/bridge")
+        ));
+        assert!(matches!(
+            runtime_from_name_with_egress("docker", cfg("crates.io")),
+            Err(SandboxError::UnknownRuntime(_))
         ));
     }
 }

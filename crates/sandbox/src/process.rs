@@ -1,7 +1,10 @@
 //! The runtime without isolation: a plain child process in its own process group. It still
 //! clears the environment (so secrets of the host process do not leak), gives the command a
 //! private temporary HOME and enforces time and output limits, but the command can read and
-//! write whatever the host user can, and reach the network.
+//! write whatever the host user can, and reach the network: it has full network access and
+//! does not apply the egress allow-list (`SANDBOX_NETWORK_EGRESS_WHITELIST`), which only
+//! the bwrap runtime enforces (`BwrapRuntime::with_egress`). Its outcomes never list
+//! `egress_refused` entries.
 
 use crate::exec::{RunLimits, check_spec, common_enforced, supervise};
 use crate::toolchain::Toolchains;

@@ -1,12 +1,16 @@
 //! Per-command overhead of the sandbox: the same trivial command run bare and through each
 //! runtime configuration, N times each, with p50/p99 in milliseconds.
 //!
-//! `cargo run --release -p builder-sandbox --bin sandbox-bench -- [RUNS] [COMMAND]`
-//! (defaults: 200 runs of `true`).
+//! `cargo build --release -p builder-sandbox --bins &&
+//! target/release/sandbox-bench [RUNS] [COMMAND]` (defaults: 200 runs of `true`); the
+//! egress case needs `sandbox-netbridge` built next to it.
 
 use std::time::{Duration, Instant};
 
-use builder_sandbox::{BwrapRuntime, CommandSpec, ProcessRuntime, SandboxRuntime, describe_limits};
+use builder_sandbox::{
+    BwrapRuntime, CommandSpec, EgressConfig, ProcessRuntime, SandboxRuntime, describe_limits,
+    parse_allow_list,
+};
 
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
@@ -120,6 +124,24 @@ async fn main() -> Result<(), BenchError> {
     for (name, rt, spec) in cases {
         let times = time_runtime(rt, spec, runs, name).await?;
         row(name, times, Some(base));
+    }
+    // The egress allow-list adds a per-run proxy and the bridge started in the sandbox.
+    let bridge = std::env::current_exe()?.with_file_name("sandbox-netbridge");
+    if bridge.is_file() {
+        let egress = bwrap.clone().with_egress(EgressConfig {
+            allow: parse_allow_list("crates.io").map_err(|e| BenchError::Failed {
+                command: "parse_allow_list".into(),
+                what: "egress".into(),
+                output: e.to_string(),
+            })?,
+            bridge_program: bridge,
+            bridge_args_prefix: vec![],
+        })?;
+        let name = "bwrap + cgroup (pids) + egress proxy";
+        let times = time_runtime(&egress, &pids, runs, name).await?;
+        row(name, times, Some(base));
+    } else {
+        println!("(no sandbox-netbridge next to this binary: egress case skipped)");
     }
     Ok(())
 }
