@@ -24,8 +24,10 @@ const MANIFEST_MAX_BYTES: u64 = 256 * 1024;
 
 /// Excludes environments and generated trees, which may hold code for another Python.
 const PY_BUILD: &str = "python3 -m compileall -q -x '(^|/)(\\.git|\\.venv|venv|\\.tox|node_modules|build|dist)(/|$)' .";
-/// No cache provider: `.pytest_cache` would otherwise land in the working copy.
-const PY_TEST: &str = "python3 -m pytest -q -p no:cacheprovider";
+/// No cache provider: `.pytest_cache` would otherwise land in the working copy. The JUnit
+/// file gives per-test results; builder sets `BUILDER_REPORT_DIR` for every sandboxed
+/// command (and `${…:-.}` keeps the command usable by hand).
+const PY_TEST: &str = "python3 -m pytest -q -p no:cacheprovider --junitxml=\"${BUILDER_REPORT_DIR:-.}/pytest-junit.xml\"";
 
 /// What one ecosystem's root manifest says.
 #[derive(Debug, Clone, PartialEq)]

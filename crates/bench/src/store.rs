@@ -190,6 +190,12 @@ fn happy_path(feature_branch: &str) -> Result<Vec<Event>> {
             output_tail: "1 passed, 0 failed".into(),
             killed_by: None,
             limits_hit: vec![],
+            baseline: false,
+            report_format: None,
+            failures: vec![],
+            preexisting_failures: vec![],
+            diagnostics: vec![],
+            egress_refused: vec![],
         },
         Event::SandboxDestroyed {},
     ]);

@@ -23,6 +23,8 @@ pub struct Config {
     pub baml_src: Option<PathBuf>,
     pub baml_cli: PathBuf,
     pub keep_workspaces: bool,
+    /// BUILDER_VERIFY_BASELINE: tolerate (default), strict or off.
+    pub baseline_mode: builder_worker::BaselineMode,
     pub max_concurrent_sandboxes: usize,
     pub max_concurrent_llm_calls: usize,
     pub max_sandboxes_per_repository: usize,
@@ -155,6 +157,10 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("baml-cli")),
             keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
+            baseline_mode: var("BUILDER_VERIFY_BASELINE")
+                .unwrap_or_default()
+                .parse()
+                .map_err(anyhow::Error::msg)?,
             max_concurrent_sandboxes: positive("BUILDER_MAX_CONCURRENT_SANDBOXES", 2)?,
             max_concurrent_llm_calls: positive("BUILDER_MAX_CONCURRENT_LLM_CALLS", 16)?,
             step_timeout: secs("BUILDER_STEP_TIMEOUT_SECONDS", 1800)?,

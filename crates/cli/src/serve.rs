@@ -231,6 +231,8 @@ pub async fn serve(config: Config) -> Result<()> {
             max_output_bytes: 4 * 1024 * 1024,
             context_max_bytes: 96 * 1024,
             keep_workspaces: config.keep_workspaces,
+            cache_base: config.data_dir.join("cache"),
+            baseline_mode: config.baseline_mode,
             max_concurrent_sandboxes: config.max_concurrent_sandboxes,
             max_concurrent_llm_calls: config.max_concurrent_llm_calls,
             step_timeout: config.step_timeout,

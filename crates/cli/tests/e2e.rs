@@ -360,12 +360,28 @@ async fn delivers_with_a_repair(database_url: Option<String>) {
             "missing {expected} in {t:?}"
         );
     }
+    // The untouched code's own run, started beside analysis and planning.
+    let baseline: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tests.completed" && e["payload"]["baseline"] == true)
+        .collect();
+    assert_eq!(baseline.len(), 1, "one baseline run");
+    assert_eq!(baseline[0]["payload"]["success"], true);
+    assert_eq!(baseline[0]["payload"]["passed"].as_f64(), Some(1.0));
     let tests: Vec<&Value> = events
         .iter()
-        .filter(|e| e["type"] == "tests.completed")
+        .filter(|e| e["type"] == "tests.completed" && e["payload"]["baseline"] != true)
         .collect();
     assert_eq!(tests.len(), 2, "one failing run, one passing run");
     assert_eq!(tests[0]["payload"]["success"], false);
+    // Per-test results from pytest's JUnit report.
+    assert_eq!(tests[0]["payload"]["report_format"], "junit_xml");
+    let failures = tests[0]["payload"]["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0]["name"].as_str().unwrap().contains("test_greet"),
+        "{failures:?}"
+    );
     assert!(tests[0]["payload"]["failed"].as_f64().unwrap() >= 1.0);
     assert!(
         tests[0]["payload"]["outputTail"]
@@ -391,6 +407,11 @@ async fn delivers_with_a_repair(database_url: Option<String>) {
     assert!(
         repair_prompt.contains("Hello, Bob!") && repair_prompt.contains("Hi Bob"),
         "repair prompt lacks the test output"
+    );
+    assert!(
+        repair_prompt.contains("Failed tests:")
+            && repair_prompt.contains("Before the change: 1 passed"),
+        "repair prompt lacks the failed tests and the baseline"
     );
     // The key reached the provider per request.
     assert!(llm.requests().iter().all(|r| r.headers.iter().any(
@@ -506,7 +527,13 @@ async fn verification_that_keeps_failing_ends_in_feature_failed_with_the_output(
     let events = events(&server, &id);
     assert_gapless(&events);
     let t = types(&events);
-    assert_eq!(t.iter().filter(|x| *x == "tests.completed").count(), 2);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "tests.completed" && e["payload"]["baseline"] != true)
+            .count(),
+        2
+    );
     assert_eq!(t.iter().filter(|x| *x == "iteration.started").count(), 1);
     assert!(
         !t.iter().any(|x| x.starts_with("push")),
@@ -1705,5 +1732,70 @@ base_url = "{}"
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(
         !log.contains(BACKUP_KEY) && !serde_json::to_string(&all).unwrap().contains(BACKUP_KEY)
+    );
+}
+
+/// A test that already failed before the feature does not block it: the baseline run on
+/// the untouched code names it, and only new failures count (BUILDER_VERIFY_BASELINE's
+/// default, `tolerate`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_that_predates_the_feature_does_not_block_delivery() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = make_bare_repo(
+        root.path(),
+        "app",
+        &[
+            ("calc.py", CALC),
+            ("tests/test_calc.py", TEST_CALC),
+            (
+                "tests/test_legacy.py",
+                "def test_legacy_rounding():\n    assert round(2.675, 2) == 2.68\n",
+            ),
+        ],
+    )
+    .unwrap();
+    let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "COMPLETED", "{execution}");
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    let tests: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tests.completed")
+        .collect();
+    assert_eq!(tests.len(), 2, "the baseline and the feature's run");
+    let (baseline, run) = (&tests[0]["payload"], &tests[1]["payload"]);
+    assert_eq!(baseline["baseline"], true);
+    assert_eq!(baseline["success"], false);
+    assert_eq!(baseline["failed"].as_f64(), Some(1.0));
+    assert_eq!(run["success"], true, "{run}");
+    assert_eq!(run["failed"].as_f64(), Some(1.0));
+    let preexisting = run["preexisting_failures"].as_array().unwrap();
+    assert_eq!(preexisting.len(), 1, "{run}");
+    assert!(
+        preexisting[0]
+            .as_str()
+            .unwrap()
+            .contains("test_legacy_rounding")
+    );
+    assert!(
+        read_branch_file(
+            &bare,
+            execution["featureBranch"].as_str().unwrap(),
+            "calc.py"
+        )
+        .unwrap()
+        .contains("def greet")
     );
 }

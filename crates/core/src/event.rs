@@ -101,6 +101,32 @@ pub struct DeliveryResult {
 /// payload map one-to-one onto the envelope's `event_type` and `payload`.
 // Events are built, stamped and dropped; boxing the large request variant would only add
 // indirection to every match.
+/// A compiler error located in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub file: String,
+    #[serde(default)]
+    pub line: Option<u32>,
+    #[serde(default)]
+    pub column: Option<u32>,
+    /// The tool's code, e.g. `E0308`, `TS2322`.
+    #[serde(default)]
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// One failed test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestFailure {
+    pub name: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub line: Option<u32>,
+}
+
 /// What LLM calls consumed, as the providers reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -289,6 +315,15 @@ pub enum Event {
         /// Limits that bit without killing (e.g. forks refused by the pids limit).
         #[serde(default)]
         limits_hit: Vec<String>,
+        /// The run on the untouched working copy, before any change (see `tests.completed`).
+        #[serde(default)]
+        baseline: bool,
+        /// Compiler errors found in the output (file, line, message), for the repair prompt.
+        #[serde(default)]
+        diagnostics: Vec<Diagnostic>,
+        /// Connections the egress proxy refused (`host:port: reason`).
+        #[serde(default)]
+        egress_refused: Vec<String>,
     },
     #[serde(rename = "tests.started")]
     TestsStarted { command: String },
@@ -309,6 +344,26 @@ pub enum Event {
         /// Limits that bit without killing (e.g. forks refused by the pids limit).
         #[serde(default)]
         limits_hit: Vec<String>,
+        /// The run on the untouched working copy, started as soon as it existed: what
+        /// already failed before the feature changed anything.
+        #[serde(default)]
+        baseline: bool,
+        /// The per-test report's format (`cargo_libtest`, `junit_xml`, …) when one was read.
+        #[serde(default)]
+        report_format: Option<String>,
+        /// Failed tests from the report (at most a few dozen; the whole report is an
+        /// artifact).
+        #[serde(default)]
+        failures: Vec<TestFailure>,
+        /// Failed tests that also failed in the baseline run.
+        #[serde(default)]
+        preexisting_failures: Vec<String>,
+        /// Compiler errors found in the output (tests that did not compile).
+        #[serde(default)]
+        diagnostics: Vec<Diagnostic>,
+        /// Connections the egress proxy refused (`host:port: reason`).
+        #[serde(default)]
+        egress_refused: Vec<String>,
     },
     #[serde(rename = "verification.passed")]
     VerificationPassed { iteration: u32, summary: String },
@@ -557,9 +612,11 @@ impl Event {
                 failed,
                 success,
                 duration_ms,
+                baseline,
                 ..
             } => format!(
-                "tests {}: {passed} passed, {failed} failed in {duration_ms} ms",
+                "{}tests {}: {passed} passed, {failed} failed in {duration_ms} ms",
+                if *baseline { "baseline " } else { "" },
                 if *success { "passed" } else { "failed" }
             ),
             VerificationPassed { summary, .. } => format!("verification passed: {summary}"),
@@ -705,6 +762,17 @@ mod tests {
             output_tail: "boom".into(),
             killed_by: None,
             limits_hit: vec![],
+            baseline: false,
+            report_format: Some("cargo_libtest".into()),
+            failures: vec![TestFailure {
+                name: "a::b".into(),
+                message: Some("assertion failed".into()),
+                file: Some("src/lib.rs".into()),
+                line: Some(3),
+            }],
+            preexisting_failures: vec![],
+            diagnostics: vec![],
+            egress_refused: vec!["evil.example:443: not on the allow-list".into()],
         };
         let (ty, payload) = e.to_parts().unwrap();
         assert_eq!(ty, "tests.completed");

@@ -514,6 +514,14 @@ impl Feature {
                 }
                 self.state = S::Verifying;
             }
+            // The baseline runs beside analysis and planning; its results are recorded at
+            // the next step boundary.
+            BuildCompleted { baseline: true, .. } | TestsCompleted { baseline: true, .. } => {
+                self.in_states(
+                    event,
+                    &[S::Analyzing, S::Planning, S::Executing, S::Verifying],
+                )?;
+            }
             SandboxCreated { .. }
             | BuildStarted { .. }
             | BuildCompleted { .. }

@@ -8,7 +8,11 @@
 //! and the worker reloads instead of acting on a stale view. This crate must not depend on
 //! the API crate or on a particular bus.
 
+mod checks;
+mod sandboxing;
 mod steps;
+
+pub use checks::BaselineMode;
 
 use builder_core::{EventEnvelope, Feature, FeatureId, NextStep, RepositoryId};
 use builder_git::Git;
@@ -48,6 +52,11 @@ pub struct WorkerConfig {
     /// The same caps within one repository.
     pub max_sandboxes_per_repository: usize,
     pub max_llm_calls_per_repository: usize,
+    /// Build caches: per feature (kept across its repair iterations) and per repository
+    /// (package downloads, shared by its features).
+    pub cache_base: PathBuf,
+    /// What the baseline run on the untouched copy is for (`BUILDER_VERIFY_BASELINE`).
+    pub baseline_mode: BaselineMode,
 }
 
 /// The LLM as the worker sees it: either ready, or a clear statement of what is missing.
@@ -72,6 +81,11 @@ pub struct Worker {
     pub(crate) llm_slots: Arc<tokio::sync::Semaphore>,
     repo_slots: Mutex<HashMap<(steps::Resource, RepositoryId), Arc<tokio::sync::Semaphore>>>,
     running: Mutex<HashMap<FeatureId, watch::Sender<bool>>>,
+    /// Itself, for the background tasks it spawns (baseline runs).
+    pub(crate) me: std::sync::Weak<Worker>,
+    /// Baseline runs in flight or finished but not yet recorded, by feature.
+    pub(crate) baselines:
+        Mutex<HashMap<FeatureId, tokio::task::JoinHandle<sandboxing::BaselineRun>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +123,8 @@ impl Worker {
         let llm_slots = Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_llm_calls.max(1),
         ));
-        Arc::new(Worker {
+        Arc::new_cyclic(|me| Worker {
+            me: me.clone(),
             store,
             git,
             llm,
@@ -119,6 +134,7 @@ impl Worker {
             llm_slots,
             repo_slots: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            baselines: Mutex::new(HashMap::new()),
         })
     }
 
@@ -304,15 +320,48 @@ impl Worker {
         Ok(Some((feature, events)))
     }
 
+    /// Where the baseline run clones the untouched code.
+    pub(crate) fn baseline_dir(&self, id: FeatureId) -> PathBuf {
+        self.config.workspace_base.join(format!("{id}.baseline"))
+    }
+
+    /// The feature's own build cache (compiled artifacts: its code, so its alone).
+    pub(crate) fn feature_cache(&self, id: FeatureId) -> PathBuf {
+        self.config.cache_base.join("features").join(id.to_string())
+    }
+
+    /// Package downloads shared by a repository's features: content the registries serve
+    /// and the package managers verify by checksum, not code the features wrote.
+    pub(crate) fn repository_cache(&self, repo: RepositoryId) -> PathBuf {
+        self.config
+            .cache_base
+            .join("repositories")
+            .join(repo.to_string())
+    }
+
     async fn cleanup(&self, feature: &Feature) {
+        // A baseline still running for a feature that ended is of no use to anyone.
+        let handle = self
+            .baselines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&feature.id);
+        if let Some(handle) = handle {
+            handle.abort();
+        }
         if self.config.keep_workspaces {
             return;
         }
-        let dir = self.workdir(feature.id);
-        if tokio::fs::try_exists(&dir).await.unwrap_or(false)
-            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
-        {
-            tracing::warn!(feature = %feature.id, error = %e, "could not remove the working copy");
+        for dir in [
+            self.workdir(feature.id),
+            self.baseline_dir(feature.id),
+            self.feature_cache(feature.id),
+        ] {
+            if tokio::fs::try_exists(&dir).await.unwrap_or(false)
+                && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            {
+                tracing::warn!(feature = %feature.id, dir = %dir.display(), error = %e, "could not remove a working directory");
+            }
         }
     }
 }

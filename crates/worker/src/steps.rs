@@ -1,6 +1,10 @@
 //! One function per step of the feature state machine. Each appends its events as it goes,
 //! so a watcher sees progress live and a crash loses at most the step in flight.
 
+use crate::checks::{
+    Baseline, BaselineMode, EVENT_OUTPUT_BYTES, build_checked, read_reports, tail, tests_checked,
+};
+use crate::sandboxing::BaselineRun;
 use crate::{Llm, PRODUCER, StepError, Worker};
 use builder_core::event::{
     DeliveryResult, ErrorCode, Event, ExecutionError, ExecutionPlan, LlmUsage, PlanStep,
@@ -13,7 +17,7 @@ use builder_core::{
 };
 use builder_git::GitCredential;
 use builder_llm::{Budget, Called, LlmClient, LlmError, UsageLedger};
-use builder_sandbox::{CommandSpec, ExecOutcome, SandboxLimits, TestFramework};
+use builder_sandbox::{ExecOutcome, TestFramework};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,9 +30,6 @@ pub(crate) enum Resource {
     Sandbox,
     Llm,
 }
-
-/// Output kept in events; the whole log goes to an artifact.
-const EVENT_OUTPUT_BYTES: usize = 8 * 1024;
 
 pub(crate) async fn run(
     w: &Worker,
@@ -69,17 +70,6 @@ struct Run<'a> {
     ledger: UsageLedger,
     /// Provider and model asked first by the current client.
     llm_label: (String, String),
-}
-
-fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…[{} bytes cut]…\n{}", start, &s[start..])
 }
 
 fn ms(since: Instant) -> u64 {
@@ -668,6 +658,9 @@ impl Run<'_> {
             file_count: profile.file_count as u64,
         }])
         .await?;
+        if let Some(test) = profile.test_command.clone() {
+            self.start_baseline(profile.build_command.clone(), test);
+        }
 
         let client = match self.llm().await {
             Ok(c) => c,
@@ -777,6 +770,7 @@ impl Run<'_> {
         if self.feature.state == FeatureState::Analyzing {
             self.emit(vec![Event::PlanningStarted {}]).await?;
         }
+        self.record_baseline(false).await?;
         if self.retry_from_at_least("execution") {
             let Some(taken) = self
                 .take_over(|e| {
@@ -880,6 +874,7 @@ impl Run<'_> {
     // ---------------------------------------------------------------- execution
 
     async fn execute(&mut self, iteration: u32) -> Result<(), StepError> {
+        self.record_baseline(false).await?;
         let workdir = self.workdir();
         if !tokio::fs::try_exists(workdir.join(".git"))
             .await
@@ -1217,6 +1212,10 @@ impl Run<'_> {
                 )
                 .await;
         };
+        // What the untouched code did decides which failures are new.
+        let baseline = self
+            .record_baseline(self.w.config.baseline_mode == BaselineMode::Tolerate)
+            .await?;
         let _slot = self.slot(Resource::Sandbox).await?;
         self.emit(vec![Event::SandboxCreated {
             runtime: self.w.sandbox.name().to_string(),
@@ -1224,35 +1223,19 @@ impl Run<'_> {
         }])
         .await?;
 
+        let workdir = self.workdir();
         let mut failure: Option<(String, String)> = None;
         if let Some(build) = build {
             self.emit(vec![Event::BuildStarted {
                 command: build.clone(),
             }])
             .await?;
-            let out = self.sandboxed(&build).await?;
+            let (out, _) = self.sandboxed(&workdir, &build, "build").await?;
             self.write_artifact(&format!("build-{iteration}.log"), out.output.as_bytes())
                 .await;
-            let success = out.success();
-            self.emit(vec![Event::BuildCompleted {
-                command: build.clone(),
-                success,
-                exit_code: out.exit_code,
-                timed_out: out.timed_out,
-                duration_ms: out.duration.as_millis() as u64,
-                output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
-                killed_by: out.killed_by.clone(),
-                limits_hit: out.limits_hit.clone(),
-            }])
-            .await?;
-            if !success {
-                // The model gets told when a sandbox limit, not its code, stopped the build.
-                let why = match &out.killed_by {
-                    Some(limit) => format!("the build was stopped by the sandbox's {limit}"),
-                    None => "the build failed".to_string(),
-                };
-                failure = Some((why, tail(&out.output, EVENT_OUTPUT_BYTES)));
-            }
+            let checked = build_checked(&build, &out, false);
+            self.emit(vec![checked.event]).await?;
+            failure = checked.failure;
         }
         let mut test_summary = String::new();
         if failure.is_none() {
@@ -1260,42 +1243,25 @@ impl Run<'_> {
                 command: test.clone(),
             }])
             .await?;
-            let out = self.sandboxed(&test).await?;
+            let (out, reports) = self.sandboxed(&workdir, &test, "tests").await?;
             self.write_artifact(&format!("tests-{iteration}.log"), out.output.as_bytes())
                 .await;
-            let framework = framework_of(&test);
-            let counts =
-                builder_sandbox::parse_test_counts(framework, &out.output).unwrap_or_default();
-            // Zero tests executed is not a pass, whatever the exit code says.
-            let success = out.success() && counts.failed == 0 && counts.executed() > 0;
-            self.emit(vec![Event::TestsCompleted {
-                command: test.clone(),
-                success,
-                exit_code: out.exit_code,
-                timed_out: out.timed_out,
-                passed: counts.passed,
-                failed: counts.failed,
-                ignored: counts.ignored,
-                duration_ms: out.duration.as_millis() as u64,
-                output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
-                killed_by: out.killed_by.clone(),
-                limits_hit: out.limits_hit.clone(),
-            }])
-            .await?;
-            test_summary = format!(
-                "{} passed, {} failed, {} ignored",
-                counts.passed, counts.failed, counts.ignored
+            let checked = tests_checked(
+                &test,
+                framework_of(&test),
+                &out,
+                &reports,
+                false,
+                baseline.as_ref(),
+                self.w.config.baseline_mode,
             );
-            if !success {
-                let why = if let Some(limit) = &out.killed_by {
-                    format!("the tests were stopped by the sandbox's {limit}")
-                } else if counts.executed() == 0 && out.success() {
-                    "no test was executed".to_string()
-                } else {
-                    format!("the tests failed ({test_summary})")
-                };
-                failure = Some((why, tail(&out.output, EVENT_OUTPUT_BYTES)));
+            if let Some(json) = &checked.report_json {
+                self.write_artifact(&format!("tests-{iteration}.json"), json)
+                    .await;
             }
+            self.emit(vec![checked.event]).await?;
+            test_summary = checked.summary;
+            failure = checked.failure;
         }
         self.emit(vec![Event::SandboxDestroyed {}]).await?;
         if let Some((reason, output)) = failure {
@@ -1366,20 +1332,134 @@ impl Run<'_> {
         limits
     }
 
-    async fn sandboxed(&self, command: &str) -> Result<ExecOutcome, StepError> {
-        let workdir = self.workdir();
-        let mut spec = CommandSpec::new(&workdir, command);
-        spec.limits = SandboxLimits {
-            timeout: self.w.config.sandbox_timeout,
-            max_output_bytes: self.w.config.max_output_bytes,
-            memory_mb: self.w.config.sandbox_memory_mb,
-            cpu: self.w.config.sandbox_cpu,
-        };
-        self.w
+    /// Runs `command` on `workdir` in the sandbox with the feature's caches, and reads the
+    /// report files it left in `$BUILDER_REPORT_DIR`.
+    async fn sandboxed(
+        &self,
+        workdir: &Path,
+        command: &str,
+        label: &str,
+    ) -> Result<(ExecOutcome, Vec<(String, String)>), StepError> {
+        let (spec, reports) = self
+            .w
+            .command_spec(&self.feature, workdir, command, label)
+            .await?;
+        let out = self
+            .w
             .sandbox
             .run(&spec)
             .await
-            .map_err(|e| StepError::Infrastructure(format!("sandbox: {e}")))
+            .map_err(|e| StepError::Infrastructure(format!("sandbox: {e}")))?;
+        Ok((out, read_reports(&reports).await))
+    }
+
+    /// Starts the baseline run on a clone of the untouched working copy, beside analysis and
+    /// planning; its results are recorded at the next step boundary.
+    fn start_baseline(&self, build: Option<String>, test: String) {
+        if self.w.config.baseline_mode == BaselineMode::Off {
+            return;
+        }
+        let Some(w) = self.w.me.upgrade() else {
+            return;
+        };
+        let feature = self.feature.clone();
+        let handle = tokio::spawn(async move { w.baseline(&feature, build, test).await });
+        let previous = self
+            .w
+            .baselines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.feature.id, handle);
+        if let Some(p) = previous {
+            p.abort();
+        }
+    }
+
+    /// Records the baseline's results once they exist (or, with `wait`, waits for them,
+    /// running the baseline now if none is running, e.g. after a restart). `None` when
+    /// there is none (yet).
+    async fn record_baseline(&mut self, wait: bool) -> Result<Option<Baseline>, StepError> {
+        if let Some(b) = self.recorded_baseline() {
+            return Ok(Some(b));
+        }
+        if self.w.config.baseline_mode == BaselineMode::Off {
+            return Ok(None);
+        }
+        let handle = {
+            let mut map = self.w.baselines.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&self.feature.id) {
+                Some(h) if wait || h.is_finished() => map.remove(&self.feature.id),
+                _ => None,
+            }
+        };
+        let run = match handle {
+            Some(h) => match h.await {
+                Ok(run) => run,
+                Err(e) => BaselineRun::skipped(format!("the baseline task ended: {e}")),
+            },
+            None if wait => {
+                let Some((build, Some(test))) = self.last(|e| match e {
+                    Event::CodebaseAnalyzed {
+                        build_command,
+                        test_command,
+                        ..
+                    } => Some((build_command, test_command)),
+                    _ => None,
+                }) else {
+                    return Ok(None);
+                };
+                self.w.baseline(&self.feature, build, test).await
+            }
+            None => return Ok(None),
+        };
+        for (name, bytes) in &run.artifacts {
+            self.write_artifact(name, bytes).await;
+        }
+        if let Some(why) = &run.skipped {
+            tracing::warn!(feature = %self.feature.id, reason = %why, "no baseline run");
+            return Ok(None);
+        }
+        self.emit(run.events).await?;
+        Ok(run.baseline)
+    }
+
+    /// The baseline as the stream recorded it.
+    fn recorded_baseline(&self) -> Option<Baseline> {
+        let mut found = None;
+        for e in self.events.iter().filter_map(|e| e.event().ok()) {
+            match e {
+                Event::BuildCompleted {
+                    baseline: true,
+                    success: false,
+                    ..
+                } => {
+                    found = Some(Baseline {
+                        broken: true,
+                        summary: "the build failed".into(),
+                        ..Baseline::default()
+                    })
+                }
+                Event::TestsCompleted {
+                    baseline: true,
+                    passed,
+                    failed,
+                    ignored,
+                    failures,
+                    report_format,
+                    ..
+                } => {
+                    found = Some(Baseline {
+                        failing: failures.iter().map(|f| f.name.clone()).collect(),
+                        // Only the first failures are in the event; past them, names are lost.
+                        per_test: report_format.is_some() && failures.len() as u32 >= failed,
+                        broken: passed + failed == 0,
+                        summary: format!("{passed} passed, {failed} failed, {ignored} ignored"),
+                    })
+                }
+                _ => {}
+            }
+        }
+        found
     }
 
     async fn diff(&self) -> String {
@@ -1421,7 +1501,11 @@ impl Run<'_> {
         let failure = self.feature.last_failure.clone().unwrap_or_default();
         let code = if self
             .last(|e| match e {
-                Event::BuildCompleted { success, .. } => Some(success),
+                Event::BuildCompleted {
+                    success,
+                    baseline: false,
+                    ..
+                } => Some(success),
                 _ => None,
             })
             .is_some_and(|s| !s)
@@ -1780,7 +1864,12 @@ impl Run<'_> {
             stats.files.join(", ")
         ));
         if let Some((passed, failed)) = self.last(|e| match e {
-            Event::TestsCompleted { passed, failed, .. } => Some((passed, failed)),
+            Event::TestsCompleted {
+                passed,
+                failed,
+                baseline: false,
+                ..
+            } => Some((passed, failed)),
             _ => None,
         }) {
             body.push_str(&format!(
@@ -1838,7 +1927,7 @@ impl Run<'_> {
     }
 }
 
-fn framework_of(command: &str) -> TestFramework {
+pub(crate) fn framework_of(command: &str) -> TestFramework {
     let c = command.to_ascii_lowercase();
     if c.contains("cargo") {
         TestFramework::Cargo
