@@ -8,11 +8,15 @@
 //! - `e2e`: Create → first LLM request latency against the real `builder serve` (release
 //!   build), embedded SQLite, `file://` repository, scripted LLM;
 //! - `concurrency`: N features at once against one server with an instant LLM and a trivial
-//!   test command: drain time, completion throughput, server RSS and RSS per feature.
+//!   test command: drain time, completion throughput, server RSS and RSS per feature;
+//! - `repair`: one repair iteration (a one-function edit, then `cargo test`) of a generated
+//!   Rust crate in the bwrap sandbox with the feature's build cache, against the same
+//!   natively (issue 6).
 //!
 //! Run: `cargo build --release -p builder && cargo run --release -p builder-bench -- --help`.
 
 mod dispatch;
+mod repair;
 mod server;
 mod stats;
 mod store;
@@ -28,11 +32,11 @@ use std::time::Duration;
     about = "Measures builder's store, bus and server; prints a table"
 )]
 struct Args {
-    /// Sections to run, comma-separated: store, dispatch, e2e, concurrency.
+    /// Sections to run, comma-separated: store, dispatch, e2e, concurrency, repair.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "store,dispatch,e2e,concurrency"
+        default_value = "store,dispatch,e2e,concurrency,repair"
     )]
     only: Vec<String>,
     /// store: features per run (each gets a full delivered stream, one event per append).
@@ -77,6 +81,12 @@ struct Args {
     /// concurrency: Create calls in flight while submitting.
     #[arg(long, default_value_t = 8)]
     submit_parallelism: usize,
+    /// repair: measured incremental iterations per mode.
+    #[arg(long, default_value_t = 5)]
+    repair_iterations: usize,
+    /// repair: modules of the generated crate.
+    #[arg(long, default_value_t = 40)]
+    repair_modules: usize,
     /// Time limit per run (store run, dispatch run, concurrency level), seconds.
     #[arg(long, default_value_t = 300)]
     time_limit_s: u64,
@@ -86,8 +96,8 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     for s in &args.only {
-        if !["store", "dispatch", "e2e", "concurrency"].contains(&s.as_str()) {
-            bail!("--only: unknown section {s:?} (store, dispatch, e2e, concurrency)");
+        if !["store", "dispatch", "e2e", "concurrency", "repair"].contains(&s.as_str()) {
+            bail!("--only: unknown section {s:?} (store, dispatch, e2e, concurrency, repair)");
         }
     }
     let limit = Duration::from_secs(args.time_limit_s.max(1));
@@ -136,6 +146,15 @@ async fn main() -> Result<()> {
         && let Err(e) = server::concurrency(&sa, &mut table).await
     {
         failures.push(format!("concurrency: {e:#}"));
+    }
+    if on("repair") {
+        let a = repair::RepairArgs {
+            iterations: args.repair_iterations.max(1),
+            modules: args.repair_modules.max(1),
+        };
+        if let Err(e) = repair::run(&a, &mut table).await {
+            failures.push(format!("repair: {e:#}"));
+        }
     }
     println!();
     table.print();
