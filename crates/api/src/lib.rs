@@ -42,6 +42,17 @@ pub trait Backend: Send + Sync + 'static {
         url: String,
         credential: Option<Credential>,
     ) -> BoxFuture<'static, Result<(), String>>;
+    /// Checks that the credential may push, without changing anything on the remote (a dry
+    /// run). Errors carry no secret. The default says the check is not available, so a
+    /// backend without one never reports WRITE.
+    fn probe_write_access(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let _ = (url, credential);
+        Box::pin(async { Err("this server cannot check write access".to_string()) })
+    }
     /// Repair iterations a new feature gets.
     fn max_repair_iterations(&self) -> u32;
     /// Where a feature's artifacts (patch, logs) are kept.

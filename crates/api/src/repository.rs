@@ -102,6 +102,32 @@ fn validate_properties(props: &BTreeMap<String, String>) -> Result<(), ConnectEr
     Ok(())
 }
 
+/// What ValidateAccess answers. `valid` is about reading (the credential works at all);
+/// WRITE is added when a push dry run — which changes nothing on the remote — is accepted
+/// too. When it is not, `error` says why while `valid` stays true, so a client can tell a
+/// read-only credential from a broken one.
+async fn access_report(
+    backend: &dyn Backend,
+    url: &str,
+    credential: Option<Credential>,
+) -> (bool, String, Vec<buffa::EnumValue<Permission>>) {
+    if let Err(e) = backend
+        .probe_read_access(url.to_owned(), credential.clone())
+        .await
+    {
+        return (false, e, vec![]);
+    }
+    let mut permissions = vec![buffa::EnumValue::from(Permission::READ)];
+    let error = match backend.probe_write_access(url.to_owned(), credential).await {
+        Ok(()) => {
+            permissions.push(buffa::EnumValue::from(Permission::WRITE));
+            String::new()
+        }
+        Err(e) => format!("read access only: the write check failed: {e}"),
+    };
+    (true, error, permissions)
+}
+
 // Handlers return concrete types where the generated trait allows any `impl Encodable`.
 #[allow(refining_impl_trait)]
 impl RepositoryService for RepositoryApi {
@@ -324,19 +350,8 @@ impl RepositoryService for RepositoryApi {
     ) -> ServiceResult<ValidateAccessResponse> {
         let repo = self.load(request.id).await?;
         let credential = self.credential(&repo).await?;
-        // Write access cannot be proven without pushing; it is reported by the push itself.
-        let (valid, error, permissions) = match self
-            .backend
-            .probe_read_access(repo.url.clone(), credential)
-            .await
-        {
-            Ok(()) => (
-                true,
-                String::new(),
-                vec![buffa::EnumValue::from(Permission::READ)],
-            ),
-            Err(e) => (false, e, vec![]),
-        };
+        let (valid, error, permissions) =
+            access_report(&*self.backend, &repo.url, credential).await;
         Response::ok(ValidateAccessResponse {
             valid,
             error,
@@ -361,5 +376,130 @@ impl RepositoryService for RepositoryApi {
             deleted,
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use builder_core::FeatureId;
+    use futures::future::BoxFuture;
+    use std::path::PathBuf;
+
+    /// The Backend methods `access_report` never calls.
+    macro_rules! unused_backend_methods {
+        () => {
+            fn store(&self) -> Arc<dyn builder_store::Store> {
+                unreachable!("access_report never touches the store")
+            }
+            fn submit(&self, _: FeatureId) -> Result<(), String> {
+                Ok(())
+            }
+            fn interrupt(&self, _: FeatureId) {}
+            fn probe_default_branch(
+                &self,
+                _: String,
+                _: Option<Credential>,
+            ) -> BoxFuture<'static, Result<String, String>> {
+                Box::pin(async { Ok("main".to_string()) })
+            }
+            fn max_repair_iterations(&self) -> u32 {
+                3
+            }
+            fn artifacts_dir(&self, _: FeatureId) -> PathBuf {
+                PathBuf::new()
+            }
+        };
+    }
+
+    /// Probes that answer as told.
+    struct Probes {
+        read: Result<(), String>,
+        write: Result<(), String>,
+    }
+
+    impl Backend for Probes {
+        unused_backend_methods!();
+        fn probe_read_access(
+            &self,
+            _: String,
+            _: Option<Credential>,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            let r = self.read.clone();
+            Box::pin(async move { r })
+        }
+        fn probe_write_access(
+            &self,
+            _: String,
+            _: Option<Credential>,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            let r = self.write.clone();
+            Box::pin(async move { r })
+        }
+    }
+
+    /// A backend that can read but has no write check (the trait's default).
+    struct NoWriteCheck;
+
+    impl Backend for NoWriteCheck {
+        unused_backend_methods!();
+        fn probe_read_access(
+            &self,
+            _: String,
+            _: Option<Credential>,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    type Perm = buffa::EnumValue<Permission>;
+
+    fn read() -> Perm {
+        Perm::from(Permission::READ)
+    }
+
+    fn write() -> Perm {
+        Perm::from(Permission::WRITE)
+    }
+
+    #[tokio::test]
+    async fn read_and_write_when_the_dry_run_is_accepted() {
+        let b = Probes {
+            read: Ok(()),
+            write: Ok(()),
+        };
+        let (valid, error, p) = access_report(&b, "https://h/r.git", None).await;
+        assert!(valid);
+        assert_eq!(error, "");
+        assert_eq!(p, vec![read(), write()]);
+    }
+
+    #[tokio::test]
+    async fn read_only_credentials_stay_valid_and_say_why_there_is_no_write() {
+        let b = Probes {
+            read: Ok(()),
+            write: Err("authentication failed for https://h/r.git: 403".into()),
+        };
+        let (valid, error, p) = access_report(&b, "https://h/r.git", None).await;
+        assert!(valid);
+        assert!(error.contains("403"), "{error}");
+        assert_eq!(p, vec![read()]);
+        // A backend without a write check never claims WRITE.
+        let (valid, error, p) = access_report(&NoWriteCheck, "https://h/r.git", None).await;
+        assert!(valid);
+        assert!(error.contains("cannot check write access"), "{error}");
+        assert_eq!(p, vec![read()]);
+    }
+
+    #[tokio::test]
+    async fn no_read_access_is_invalid_with_no_permissions() {
+        let b = Probes {
+            read: Err("not found".into()),
+            write: Ok(()),
+        };
+        let (valid, error, p) = access_report(&b, "https://h/r.git", None).await;
+        assert!(!valid);
+        assert_eq!(error, "not found");
+        assert!(p.is_empty());
     }
 }

@@ -32,6 +32,9 @@ pub struct Config {
     pub step_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
+    /// PEM CA certificates trusted on top of the platform's roots, for git's https and the
+    /// forge APIs (a self-hosted forge behind a private CA).
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -132,6 +135,15 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("SANDBOX_CPU_LIMIT={v:?}: {e}"))?,
             ),
         };
+        let extra_ca_file = var("BUILDER_EXTRA_CA_FILE").map(PathBuf::from);
+        if let Some(path) = &extra_ca_file
+            && !path.is_file()
+        {
+            bail!(
+                "BUILDER_EXTRA_CA_FILE={} is not a readable file (PEM CA certificates)",
+                path.display()
+            );
+        }
         let log_format = var("LOG_FORMAT").unwrap_or_else(|| "text".into());
         let log_json = match log_format.as_str() {
             "json" => true,
@@ -174,6 +186,7 @@ impl Config {
             )?,
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_json,
+            extra_ca_file,
         })
     }
 }

@@ -79,6 +79,20 @@ impl Backend for ServeBackend {
         .boxed()
     }
 
+    fn probe_write_access(
+        &self,
+        url: String,
+        credential: Option<Credential>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let git = self.git.clone();
+        async move {
+            git.check_push_access(&url, &git_credential(credential))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
     fn max_repair_iterations(&self) -> u32 {
         self.max_repair_iterations
     }
@@ -204,18 +218,28 @@ pub async fn serve(config: Config) -> Result<()> {
         }
     };
 
-    let git = Arc::new(
-        Git::new(
-            GitConfig {
-                clone_timeout: config.clone_timeout,
-                op_timeout: config.op_timeout,
-                author_name: "builder".into(),
-                author_email: "builder@localhost".into(),
-            },
-            &config.data_dir.join("git"),
-        )
-        .context("preparing git")?,
-    );
+    let mut git = Git::new(
+        GitConfig {
+            clone_timeout: config.clone_timeout,
+            op_timeout: config.op_timeout,
+            author_name: "builder".into(),
+            author_email: "builder@localhost".into(),
+        },
+        &config.data_dir.join("git"),
+    )
+    .context("preparing git")?;
+    // One private CA file serves both of builder's TLS clients: git's https and the forge
+    // APIs. Each adds it to the platform's roots; neither ever turns verification off.
+    if let Some(ca) = &config.extra_ca_file {
+        git = git
+            .with_extra_ca_file(ca)
+            .with_context(|| format!("BUILDER_EXTRA_CA_FILE={}", ca.display()))?;
+        let roots = builder_forge::ExtraRoots::from_pem_file(ca)
+            .with_context(|| format!("BUILDER_EXTRA_CA_FILE={}", ca.display()))?;
+        builder_forge::install_extra_roots(roots).context("BUILDER_EXTRA_CA_FILE")?;
+        tracing::info!(file = %ca.display(), "trusting the extra CA file for git and forge APIs");
+    }
+    let git = Arc::new(git);
     let worker = Worker::new(
         store.clone(),
         git.clone(),

@@ -37,7 +37,10 @@ impl Provider {
             Provider::Gitlab
         } else if host == "bitbucket.org" {
             Provider::Bitbucket
-        } else if host == "dev.azure.com" || host.ends_with(".visualstudio.com") {
+        } else if host == "dev.azure.com"
+            || host.ends_with(".dev.azure.com")
+            || host.ends_with(".visualstudio.com")
+        {
             Provider::AzureDevops
         } else if host.contains("gitea") || host.contains("forgejo") || host == "codeberg.org" {
             Provider::Gitea
@@ -152,6 +155,10 @@ mod tests {
         );
         assert_eq!(
             Provider::detect("https://dev.azure.com/o/p/_git/r"),
+            Provider::AzureDevops
+        );
+        assert_eq!(
+            Provider::detect("git@ssh.dev.azure.com:v3/o/p/r"),
             Provider::AzureDevops
         );
         assert_eq!(

@@ -17,6 +17,13 @@ pub enum ForgeError {
     /// Any other non-success answer, with the forge's own error message.
     #[error("forge API error {status}: {message}")]
     Api { status: u16, message: String },
+    /// The forge's TLS certificate was refused: unknown issuer, wrong name, expired. Not
+    /// transient; a self-hosted forge behind a private CA needs that CA trusted
+    /// (`BUILDER_EXTRA_CA_FILE`).
+    #[error(
+        "the forge's TLS certificate is not trusted ({0}); for a private CA, add it with BUILDER_EXTRA_CA_FILE"
+    )]
+    Tls(String),
     /// The forge could not be reached, or its answer could not be read.
     #[error("network error talking to the forge: {0}")]
     Network(String),
@@ -34,7 +41,10 @@ impl ForgeError {
         match self {
             ForgeError::RateLimited { .. } | ForgeError::Network(_) => true,
             ForgeError::Api { status, .. } => *status >= 500,
-            ForgeError::InvalidInput(_) | ForgeError::Auth(_) | ForgeError::NotFound(_) => false,
+            ForgeError::InvalidInput(_)
+            | ForgeError::Auth(_)
+            | ForgeError::NotFound(_)
+            | ForgeError::Tls(_) => false,
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The four adapters. Each follows its forge's documented REST shapes: look for the open
+//! The five adapters. Each follows its forge's documented REST shapes: look for the open
 //! pull/merge request of the head branch (following pagination up to `MAX_PAGES`), update it
 //! if found, else create it.
 
+use crate::azure_url::AzureLocation;
 use crate::http::{Http, MAX_PAGES, next_link, str_field, u64_field};
+use crate::tls::ExtraRoots;
 use crate::url::{RepoLocation, check_branch, encode, owner_and_name};
 use crate::{Forge, ForgeError, ForgeKind, PullRequest, PullRequestSpec};
+use base64::Engine;
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderName};
 use serde_json::{Value, json};
@@ -37,7 +40,12 @@ pub(crate) struct Github {
 }
 
 impl Github {
-    pub fn new(loc: &RepoLocation, api_base: String, token: &str) -> Result<Self, ForgeError> {
+    pub fn new(
+        loc: &RepoLocation,
+        api_base: String,
+        token: &str,
+        roots: &ExtraRoots,
+    ) -> Result<Self, ForgeError> {
         let (owner, repo) = owner_and_name(loc)?;
         let http = Http::new(
             ForgeKind::Github,
@@ -45,6 +53,7 @@ impl Github {
             AUTHORIZATION,
             format!("Bearer {token}"),
             token,
+            roots,
         )?;
         Ok(Github { http, owner, repo })
     }
@@ -124,7 +133,12 @@ pub(crate) struct Gitlab {
 }
 
 impl Gitlab {
-    pub fn new(loc: &RepoLocation, api_base: String, token: &str) -> Result<Self, ForgeError> {
+    pub fn new(
+        loc: &RepoLocation,
+        api_base: String,
+        token: &str,
+        roots: &ExtraRoots,
+    ) -> Result<Self, ForgeError> {
         if loc.segments.len() < 2 {
             return Err(ForgeError::InvalidInput(
                 "repository URL path must be group[/subgroup…]/project".into(),
@@ -137,6 +151,7 @@ impl Gitlab {
             HeaderName::from_static("private-token"),
             token.to_owned(),
             token,
+            roots,
         )?;
         Ok(Gitlab { http, project })
     }
@@ -231,7 +246,12 @@ pub(crate) struct Bitbucket {
 }
 
 impl Bitbucket {
-    pub fn new(loc: &RepoLocation, api_base: String, token: &str) -> Result<Self, ForgeError> {
+    pub fn new(
+        loc: &RepoLocation,
+        api_base: String,
+        token: &str,
+        roots: &ExtraRoots,
+    ) -> Result<Self, ForgeError> {
         let (workspace, slug) = owner_and_name(loc)?;
         let http = Http::new(
             ForgeKind::Bitbucket,
@@ -239,6 +259,7 @@ impl Bitbucket {
             AUTHORIZATION,
             format!("Bearer {token}"),
             token,
+            roots,
         )?;
         Ok(Bitbucket {
             http,
@@ -332,7 +353,12 @@ pub(crate) struct Gitea {
 const GITEA_LIMIT: usize = 50;
 
 impl Gitea {
-    pub fn new(loc: &RepoLocation, api_base: String, token: &str) -> Result<Self, ForgeError> {
+    pub fn new(
+        loc: &RepoLocation,
+        api_base: String,
+        token: &str,
+        roots: &ExtraRoots,
+    ) -> Result<Self, ForgeError> {
         let (owner, repo) = owner_and_name(loc)?;
         let http = Http::new(
             ForgeKind::Gitea,
@@ -340,6 +366,7 @@ impl Gitea {
             AUTHORIZATION,
             format!("token {token}"),
             token,
+            roots,
         )?;
         Ok(Gitea { http, owner, repo })
     }
@@ -418,5 +445,153 @@ impl Forge for Gitea {
     }
     fn open_or_update<'a>(&'a self, spec: &'a PullRequestSpec) -> BoxFut<'a> {
         Box::pin(self.run(spec))
+    }
+}
+
+// ---------------------------------------------------------------- Azure DevOps
+
+pub(crate) struct AzureDevops {
+    http: Http,
+    /// `<api_base>/<project>/_apis/git/repositories/<repo>/pullrequests`.
+    prs: String,
+    /// The repository's web page, for pull request links when an answer lacks `webUrl`.
+    web_repo: String,
+}
+
+/// The REST version every call pins (`api-version` is mandatory on Azure DevOps).
+const AZURE_API_VERSION: &str = "7.1";
+/// Azure DevOps refuses pull request descriptions longer than this (in characters).
+const AZURE_MAX_DESCRIPTION: usize = 4000;
+const AZURE_PAGE: usize = 100;
+
+impl AzureDevops {
+    pub fn new(
+        loc: &AzureLocation,
+        api_base: String,
+        token: &str,
+        roots: &ExtraRoots,
+    ) -> Result<Self, ForgeError> {
+        // A personal access token goes as the password of basic auth with an empty user.
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(":{token}"));
+        let project = encode(&loc.project);
+        let repo = encode(&loc.repo);
+        let prs = format!("{api_base}/{project}/_apis/git/repositories/{repo}/pullrequests");
+        let web_repo = format!("{api_base}/{project}/_git/{repo}");
+        let http = Http::new(
+            ForgeKind::AzureDevops,
+            api_base,
+            AUTHORIZATION,
+            format!("Basic {basic}"),
+            token,
+            roots,
+        )?;
+        Ok(AzureDevops {
+            http,
+            prs,
+            web_repo,
+        })
+    }
+
+    async fn run(&self, spec: &PullRequestSpec) -> Result<PullRequest, ForgeError> {
+        check_spec(spec)?;
+        let source = format!("refs/heads/{}", spec.head_branch);
+        let v = AZURE_API_VERSION;
+        let mut found = None;
+        let mut skip = 0usize;
+        for _ in 0..MAX_PAGES {
+            let url = format!(
+                "{}?searchCriteria.sourceRefName={}&searchCriteria.status=active&$top={AZURE_PAGE}&$skip={skip}&api-version={v}",
+                self.prs,
+                encode(&source)
+            );
+            let reply = self.http.call(Method::GET, &url, None).await?;
+            let items = array(&reply.body["value"], "pull request page's value")?;
+            // The server may cap `$top`, so only an empty page ends the list.
+            if items.is_empty() {
+                break;
+            }
+            skip += items.len();
+            found = items.into_iter().find(|pr| {
+                // The source filter also matches pull requests from forks of the repository.
+                pr["sourceRefName"].as_str() == Some(&source)
+                    && pr["status"].as_str() == Some("active")
+                    && pr.get("forkSource").is_none_or(Value::is_null)
+            });
+            if found.is_some() {
+                break;
+            }
+        }
+        let description = truncate_chars(&spec.body, AZURE_MAX_DESCRIPTION);
+        let (body, created) = match found {
+            Some(pr) => {
+                let id = u64_field(&pr, &["pullRequestId"])?;
+                let url = format!("{}/{id}?api-version={v}", self.prs);
+                let update = json!({ "title": spec.title, "description": description });
+                (
+                    self.http
+                        .call(Method::PATCH, &url, Some(&update))
+                        .await?
+                        .body,
+                    false,
+                )
+            }
+            None => {
+                let url = format!("{}?api-version={v}", self.prs);
+                let create = json!({
+                    "sourceRefName": source,
+                    "targetRefName": format!("refs/heads/{}", spec.base_branch),
+                    "title": spec.title,
+                    "description": description,
+                });
+                (
+                    self.http
+                        .call(Method::POST, &url, Some(&create))
+                        .await?
+                        .body,
+                    true,
+                )
+            }
+        };
+        let number = u64_field(&body, &["pullRequestId"])?;
+        // The API answer's `url` is the REST resource; people open the web page.
+        let web_repo = body["repository"]["webUrl"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.web_repo.clone());
+        Ok(PullRequest {
+            number,
+            url: format!("{}/pullrequest/{number}", web_repo.trim_end_matches('/')),
+            created,
+        })
+    }
+}
+
+/// At most `max` characters of `text`, ending in `…` when cut.
+fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if text.chars().count() > max => format!("{}…", &text[..cut]),
+        _ => text.to_owned(),
+    }
+}
+
+impl Forge for AzureDevops {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::AzureDevops
+    }
+    fn open_or_update<'a>(&'a self, spec: &'a PullRequestSpec) -> BoxFut<'a> {
+        Box::pin(self.run(spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_by_characters() {
+        assert_eq!(truncate_chars("abc", 5), "abc");
+        assert_eq!(truncate_chars("abcdef", 4), "abc…");
+        assert_eq!(truncate_chars("ééééé", 3).chars().count(), 3);
+        assert_eq!(truncate_chars(&"x".repeat(4000), 4000).len(), 4000);
     }
 }

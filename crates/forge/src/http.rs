@@ -1,6 +1,7 @@
 //! The one HTTP path every adapter uses: auth header, JSON in and out, status → error mapping,
 //! token redaction, and a same-origin rule for pagination links.
 
+use crate::tls::{ExtraRoots, is_certificate_error};
 use crate::url::origin;
 use crate::{ForgeError, ForgeKind};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -19,7 +20,9 @@ pub(crate) struct Http {
     pub api_base: String,
     auth_name: HeaderName,
     auth_value: HeaderValue,
-    token: String,
+    /// Every form of the credential that could come back in a forge's answer: the token,
+    /// and the header value it was sent in (Azure's is base64 of `:<token>`).
+    secrets: Vec<String>,
 }
 
 pub(crate) struct Reply {
@@ -34,21 +37,33 @@ impl Http {
         auth_name: HeaderName,
         auth_value: String,
         token: &str,
+        roots: &ExtraRoots,
     ) -> Result<Http, ForgeError> {
         if token.trim().is_empty() {
             return Err(ForgeError::InvalidInput("the access token is empty".into()));
         }
+        let mut secrets = vec![token.to_owned(), auth_value.clone()];
+        if let Some((_, credential)) = auth_value.split_once(' ') {
+            secrets.push(credential.to_owned());
+        }
+        secrets.retain(|s| !s.trim().is_empty());
+        // Longest first, so one secret containing another is never half-revealed.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let mut auth_value = HeaderValue::from_str(&auth_value).map_err(|_| {
             ForgeError::InvalidInput(
                 "the access token has characters not allowed in an HTTP header".into(),
             )
         })?;
         auth_value.set_sensitive(true);
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("builder-forge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
+            // An https API root must stay https: never downgrade to plain http.
+            .https_only(api_base.starts_with("https://"));
+        let client = roots
+            .apply(builder)
             .build()
             .map_err(|e| ForgeError::Network(format!("building the HTTP client: {e}")))?;
         Ok(Http {
@@ -57,7 +72,7 @@ impl Http {
             api_base,
             auth_name,
             auth_value,
-            token: token.to_owned(),
+            secrets,
         })
     }
 
@@ -96,6 +111,14 @@ impl Http {
         }
         let resp = req.send().await.map_err(|e| self.network(e))?;
         let status = resp.status();
+        // Azure DevOps answers a PAT it does not accept with 203 and its HTML sign-in page.
+        if self.kind == ForgeKind::AzureDevops
+            && status == StatusCode::NON_AUTHORITATIVE_INFORMATION
+        {
+            return Err(ForgeError::Auth(
+                "Azure DevOps answered with its sign-in page: the token was not accepted".into(),
+            ));
+        }
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| self.network(e))?;
         let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -117,11 +140,31 @@ impl Http {
     }
 
     fn network(&self, e: reqwest::Error) -> ForgeError {
-        ForgeError::Network(self.redact(&e.without_url().to_string()))
+        // reqwest's own text is only "error sending request"; the reason (refused
+        // connection, untrusted certificate …) is further down the source chain.
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        let text = self.redact(&text);
+        if is_certificate_error(&text) {
+            return ForgeError::Tls(text);
+        }
+        ForgeError::Network(text)
     }
 
     fn redact(&self, s: &str) -> String {
-        let mut out = s.replace(&self.token, "[REDACTED]");
+        let mut out = s.to_owned();
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), "[REDACTED]");
+        }
         if out.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE;
             while !out.is_char_boundary(end) {
@@ -220,7 +263,9 @@ fn forge_message(kind: ForgeKind, body: &Value) -> Option<String> {
             }
             Some(msg)
         }
-        ForgeKind::Gitea => Some(body.get("message")?.as_str()?.to_owned()),
+        ForgeKind::Gitea | ForgeKind::AzureDevops => {
+            Some(body.get("message")?.as_str()?.to_owned())
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! builder-forge: opens or updates the pull/merge request for a pushed branch on GitHub,
-//! GitLab, Bitbucket Cloud and Gitea/Forgejo through their documented REST APIs — finding the
+//! GitLab, Bitbucket Cloud, Gitea/Forgejo and Azure DevOps through their documented REST APIs — finding the
 //! open one for the head branch first so a later delivery updates it instead of opening a
 //! second.
 //!
@@ -10,12 +10,15 @@
 //! It must not depend on other builder crates (core, store, worker, api …): callers map its
 //! typed errors onto their own domain.
 
+mod azure_url;
 mod error;
 mod forges;
 mod http;
+mod tls;
 mod url;
 
 pub use error::ForgeError;
+pub use tls::{ExtraRoots, install_extra_roots};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +32,8 @@ pub enum ForgeKind {
     Bitbucket,
     /// Gitea and Forgejo (API v1).
     Gitea,
+    /// Azure DevOps Services (`dev.azure.com`, `*.visualstudio.com`) and Server (REST 7.1).
+    AzureDevops,
 }
 
 /// What to open: `head_branch` (already pushed) into `base_branch`.
@@ -43,7 +48,7 @@ pub struct PullRequestSpec {
 /// The pull/merge request as the forge reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullRequest {
-    /// GitHub/Gitea `number`, GitLab `iid`, Bitbucket `id`.
+    /// GitHub/Gitea `number`, GitLab `iid`, Bitbucket `id`, Azure DevOps `pullRequestId`.
     pub number: u64,
     /// The web URL users open.
     pub url: String,
@@ -64,28 +69,57 @@ pub trait Forge: Send + Sync {
 
 /// The adapter for `kind` and the repository at `repo_url` (any git remote form: https, ssh,
 /// scp-like). `api_base` overrides the API root, which defaults to `https://api.github.com`,
-/// `https://<host>/api/v4`, `https://api.bitbucket.org/2.0` or `https://<host>/api/v1`.
+/// `https://<host>/api/v4`, `https://api.bitbucket.org/2.0`, `https://<host>/api/v1`, or for
+/// Azure DevOps the organisation's root (`https://dev.azure.com/<org>`,
+/// `https://<org>.visualstudio.com`).
+/// TLS trusts the platform's roots plus those set with [`install_extra_roots`].
 pub fn forge_for(
     kind: ForgeKind,
     repo_url: &str,
     api_base: Option<&str>,
     token: &str,
 ) -> Result<Box<dyn Forge>, ForgeError> {
-    let loc = url::parse_repo_url(repo_url)?;
-    let api_base = url::check_api_base(&match api_base {
-        Some(base) => base.to_owned(),
-        None => match kind {
-            ForgeKind::Github => "https://api.github.com".to_owned(),
-            ForgeKind::Gitlab => format!("https://{}/api/v4", web_host(&loc.host)),
-            ForgeKind::Bitbucket => "https://api.bitbucket.org/2.0".to_owned(),
-            ForgeKind::Gitea => format!("https://{}/api/v1", web_host(&loc.host)),
-        },
-    })?;
+    forge_for_with_roots(kind, repo_url, api_base, token, &tls::default_roots())
+}
+
+/// [`forge_for`] trusting the platform's roots plus `roots` (and not the process-wide ones).
+pub fn forge_for_with_roots(
+    kind: ForgeKind,
+    repo_url: &str,
+    api_base: Option<&str>,
+    token: &str,
+    roots: &ExtraRoots,
+) -> Result<Box<dyn Forge>, ForgeError> {
+    // The given API root, else the forge's default for this remote.
+    let root = |default: String| url::check_api_base(api_base.unwrap_or(&default));
     Ok(match kind {
-        ForgeKind::Github => Box::new(forges::Github::new(&loc, api_base, token)?),
-        ForgeKind::Gitlab => Box::new(forges::Gitlab::new(&loc, api_base, token)?),
-        ForgeKind::Bitbucket => Box::new(forges::Bitbucket::new(&loc, api_base, token)?),
-        ForgeKind::Gitea => Box::new(forges::Gitea::new(&loc, api_base, token)?),
+        ForgeKind::Github => {
+            let loc = url::parse_repo_url(repo_url)?;
+            let api_base = root("https://api.github.com".to_owned())?;
+            Box::new(forges::Github::new(&loc, api_base, token, roots)?)
+        }
+        ForgeKind::Gitlab => {
+            let loc = url::parse_repo_url(repo_url)?;
+            let api_base = root(format!("https://{}/api/v4", web_host(&loc.host)))?;
+            Box::new(forges::Gitlab::new(&loc, api_base, token, roots)?)
+        }
+        ForgeKind::Bitbucket => {
+            let loc = url::parse_repo_url(repo_url)?;
+            let api_base = root("https://api.bitbucket.org/2.0".to_owned())?;
+            Box::new(forges::Bitbucket::new(&loc, api_base, token, roots)?)
+        }
+        ForgeKind::Gitea => {
+            let loc = url::parse_repo_url(repo_url)?;
+            let api_base = root(format!("https://{}/api/v1", web_host(&loc.host)))?;
+            Box::new(forges::Gitea::new(&loc, api_base, token, roots)?)
+        }
+        ForgeKind::AzureDevops => {
+            // Its remotes (`…/_git/<repo>`, `v3/…`, percent-encoded project names) follow
+            // their own rules.
+            let loc = azure_url::parse_azure_url(repo_url)?;
+            let api_base = root(loc.default_api_base.clone())?;
+            Box::new(forges::AzureDevops::new(&loc, api_base, token, roots)?)
+        }
     })
 }
 

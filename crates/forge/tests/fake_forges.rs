@@ -2,7 +2,8 @@
 //! git server (testkit `GitHttpServer`) hosting `acme/widget`: the fake checks the auth header
 //! the forge documents, refuses to open a pull request whose head branch is not in the bare
 //! repository (with that forge's documented error), answers in the forge's JSON shapes and
-//! paginates its lists.
+//! paginates its lists. The same fakes also run behind TLS (a CA generated per test) to
+//! check the real client's https: trusted through extra roots, refused without them.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -10,8 +11,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use builder_forge::{Forge, ForgeError, ForgeKind, PullRequestSpec, forge_for};
-use builder_testkit::{GitHttpServer, git_command, make_bare_repo, read_branch_file};
+use builder_forge::{
+    ExtraRoots, Forge, ForgeError, ForgeKind, PullRequestSpec, forge_for, forge_for_with_roots,
+};
+use builder_testkit::{
+    GitHttpServer, TestCa, TlsListener, git_command, make_bare_repo, read_branch_file,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,8 @@ enum Limit {
     None,
     TooMany,
     GithubExhausted,
+    /// Azure DevOps' answer to a token it does not take: 203 and the HTML sign-in page.
+    AzureSignInPage,
 }
 
 struct Pr {
@@ -98,6 +105,7 @@ impl Fake {
             ForgeKind::Gitlab => "/api/v4/projects/acme%2Fwidget/merge_requests",
             ForgeKind::Bitbucket => "/2.0/repositories/acme/widget/pullrequests",
             ForgeKind::Gitea => "/api/v1/repos/acme/widget/pulls",
+            ForgeKind::AzureDevops => "/acme/widget/_apis/git/repositories/widget/pullrequests",
         }
     }
 
@@ -136,6 +144,25 @@ impl Fake {
                 "head": {"ref": pr.head, "label": pr.head, "repo": {"full_name": pr.source}},
                 "base": {"ref": pr.base, "label": pr.base},
             }),
+            ForgeKind::AzureDevops => {
+                let mut v = json!({
+                    "pullRequestId": n, "codeReviewId": n, "status": "active",
+                    "title": pr.title, "description": pr.body,
+                    "sourceRefName": format!("refs/heads/{}", pr.head),
+                    "targetRefName": format!("refs/heads/{}", pr.base),
+                    "url": format!("{web}/acme/widget/_apis/git/repositories/widget/pullRequests/{n}"),
+                    "repository": {
+                        "id": "5febef5a-833d-4e14-b9c0-14cb638f91e6", "name": "widget",
+                        "webUrl": format!("{web}/acme/widget/_git/widget"),
+                        "project": {"name": "widget"},
+                    },
+                });
+                if pr.source != "acme/widget" {
+                    v["forkSource"] =
+                        json!({"name": "refs/heads/x", "repository": {"name": pr.source}});
+                }
+                v
+            }
         }
     }
 
@@ -146,6 +173,7 @@ impl Fake {
             }
             ForgeKind::Gitlab => ("private-token", TOKEN.to_owned()),
             ForgeKind::Gitea => ("authorization", format!("token {TOKEN}")),
+            ForgeKind::AzureDevops => ("authorization", format!("Basic {}", azure_basic(TOKEN))),
         };
         let presented = headers
             .get(name)
@@ -173,6 +201,12 @@ impl Fake {
                 ForgeKind::Gitea => {
                     json!({"message": echo, "url": "https://gitea.example/api/swagger"})
                 }
+                ForgeKind::AzureDevops => json!({
+                    "$id": "1", "innerException": null,
+                    "message": format!("TF400813: The user is not authorized to access this resource. {echo}"),
+                    "typeName": "Microsoft.TeamFoundation.Framework.Server.UnauthorizedRequestException",
+                    "typeKey": "UnauthorizedRequestException", "errorCode": 0, "eventId": 3000,
+                }),
             },
         )
     }
@@ -189,6 +223,9 @@ impl Fake {
                 ForgeKind::Gitea => {
                     json!({"message": "The target couldn't be found.", "errors": []})
                 }
+                ForgeKind::AzureDevops => {
+                    json!({"$id": "1", "message": "TF401180: The requested pull request was not found.", "typeKey": "GitPullRequestNotFoundException"})
+                }
             },
         )
     }
@@ -196,6 +233,28 @@ impl Fake {
     fn list(&mut self, q: &HashMap<String, String>) -> Response {
         self.lists += 1;
         let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+        if self.kind == ForgeKind::AzureDevops {
+            assert_eq!(get("searchCriteria.status"), "active");
+            let Some(branch) = get("searchCriteria.sourceRefName")
+                .strip_prefix("refs/heads/")
+                .map(str::to_owned)
+            else {
+                return reply(400, json!({"message": "sourceRefName must be a full ref"}));
+            };
+            // Azure caps `$top` on its side; so does this fake, at its page size.
+            let top: usize = get("$top").parse().unwrap_or(101);
+            let skip: usize = get("$skip").parse().unwrap_or(0);
+            let value: Vec<Value> = self
+                .prs
+                .iter()
+                .filter(|p| p.head == branch)
+                .skip(skip)
+                .take(top.min(self.page_size))
+                .map(|p| self.render(p))
+                .collect();
+            let count = value.len();
+            return reply(200, json!({"value": value, "count": count}));
+        }
         let (items, per_page): (Vec<&Pr>, usize) = match self.kind {
             ForgeKind::Github => {
                 assert_eq!(get("state"), "open");
@@ -241,6 +300,7 @@ impl Fake {
                     get("limit").parse().unwrap_or(30),
                 )
             }
+            ForgeKind::AzureDevops => unreachable!("answered above"),
         };
         let size = per_page.min(self.page_size).max(1);
         let page: usize = get("page").parse().unwrap_or(1).max(1);
@@ -291,7 +351,7 @@ impl Fake {
                     ("x-total", total.to_string()),
                 ],
             ),
-            ForgeKind::Github | ForgeKind::Gitea => {
+            ForgeKind::Github | ForgeKind::Gitea | ForgeKind::AzureDevops => {
                 let mut headers = vec![("x-total-count", total.to_string())];
                 if more {
                     headers.push(("link", format!("<{next_url}>; rel=\"next\"")));
@@ -322,7 +382,29 @@ impl Fake {
                 s(&body["title"]),
                 s(&body["description"]),
             ),
+            ForgeKind::AzureDevops => {
+                let branch = |v: &Value| {
+                    let full = s(v);
+                    match full.strip_prefix("refs/heads/") {
+                        Some(b) => b.to_owned(),
+                        // Not a full ref: Azure refuses it; so does this fake, below.
+                        None => String::new(),
+                    }
+                };
+                (
+                    branch(&body["sourceRefName"]),
+                    branch(&body["targetRefName"]),
+                    s(&body["title"]),
+                    s(&body["description"]),
+                )
+            }
         };
+        if self.kind == ForgeKind::AzureDevops && text.chars().count() > 4000 {
+            return reply(
+                400,
+                json!({"message": "TF401181: The pull request description is too long."}),
+            );
+        }
         if !branch_exists(&self.bare, &head) || !branch_exists(&self.bare, &base) {
             return match self.kind {
                 ForgeKind::Github => reply(
@@ -347,6 +429,10 @@ impl Fake {
                 ForgeKind::Gitea => reply(
                     404,
                     json!({"message": "The target couldn't be found.", "errors": []}),
+                ),
+                ForgeKind::AzureDevops => reply(
+                    400,
+                    json!({"$id": "1", "message": "TF401398: The pull request cannot be activated because the source and/or the target branch no longer exists, or the requested refs are not branches", "typeKey": "GitPullRequestInvalidRefsException"}),
                 ),
             };
         }
@@ -373,6 +459,10 @@ impl Fake {
                     409,
                     json!({"message": format!("pull request already exists for these targets [id: {n}]")}),
                 ),
+                ForgeKind::AzureDevops => reply(
+                    409,
+                    json!({"message": format!("TF401179: An active pull request for the source and target branch already exists (id {n}).")}),
+                ),
             };
         }
         self.creates += 1;
@@ -391,7 +481,7 @@ impl Fake {
 
     fn update(&mut self, method: &Method, number: u64, body: &Value) -> Response {
         let expected = match self.kind {
-            ForgeKind::Github | ForgeKind::Gitea => Method::PATCH,
+            ForgeKind::Github | ForgeKind::Gitea | ForgeKind::AzureDevops => Method::PATCH,
             ForgeKind::Gitlab | ForgeKind::Bitbucket => Method::PUT,
         };
         if *method != expected {
@@ -399,7 +489,7 @@ impl Fake {
         }
         let text_key = match self.kind {
             ForgeKind::Github | ForgeKind::Gitea => "body",
-            ForgeKind::Gitlab | ForgeKind::Bitbucket => "description",
+            ForgeKind::Gitlab | ForgeKind::Bitbucket | ForgeKind::AzureDevops => "description",
         };
         let Some(i) = self.prs.iter().position(|p| p.number == number) else {
             return self.not_found();
@@ -447,12 +537,35 @@ async fn handle(
                 ],
             );
         }
+        Limit::AzureSignInPage => {
+            let echo = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let mut resp = (
+                StatusCode::NON_AUTHORITATIVE_INFORMATION,
+                format!("<html><body>Sign in ({echo})</body></html>"),
+            )
+                .into_response();
+            if let Ok(v) = "text/html; charset=utf-8".parse() {
+                resp.headers_mut().insert("content-type", v);
+            }
+            return resp;
+        }
         Limit::None => {}
     }
     if let Err(presented) = f.auth_ok(&headers) {
         return f.unauthorized(&presented);
     }
     let q: HashMap<String, String> = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+    // Every Azure DevOps REST call must pin its version.
+    if f.kind == ForgeKind::AzureDevops && q.get("api-version").map(String::as_str) != Some("7.1") {
+        return reply(
+            400,
+            json!({"message": "VS800075: The project name is missing or api-version is not 7.1"}),
+        );
+    }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let Some(rest) = uri.path().strip_prefix(f.prefix()) else {
         return f.not_found();
@@ -469,6 +582,9 @@ async fn handle(
 
 struct Fixture {
     kind: ForgeKind,
+    /// Set when the fake forge and the git server speak https with this CA's certificate.
+    ca: Option<Arc<TestCa>>,
+    ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
     git: GitHttpServer,
     bare: PathBuf,
@@ -477,14 +593,26 @@ struct Fixture {
 }
 
 async fn fixture(kind: ForgeKind) -> Fixture {
+    fixture_with(kind, None).await
+}
+
+async fn fixture_with(kind: ForgeKind, ca: Option<Arc<TestCa>>) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let bare =
         make_bare_repo(dir.path(), "acme/widget", &[("README.md", "widget\n")]).expect("bare repo");
-    let git = GitHttpServer::start(dir.path(), GIT_USER, GIT_PASS).expect("git server");
+    let git = match &ca {
+        Some(ca) => GitHttpServer::start_tls(dir.path(), GIT_USER, GIT_PASS, ca),
+        None => GitHttpServer::start(dir.path(), GIT_USER, GIT_PASS),
+    }
+    .expect("git server");
+    let ca_file = ca
+        .as_ref()
+        .map(|ca| ca.write_ca_file(dir.path(), "ca.pem").expect("ca file"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().expect("addr"));
     let fake = Arc::new(Mutex::new(Fake {
         kind,
         base: base.clone(),
@@ -497,17 +625,30 @@ async fn fixture(kind: ForgeKind) -> Fixture {
         limit: Limit::None,
     }));
     let app = Router::new().fallback(handle).with_state(fake.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    match &ca {
+        Some(ca) => {
+            let listener = TlsListener::new(listener, ca);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
+    }
     let api_base = match kind {
         ForgeKind::Github => base,
         ForgeKind::Gitlab => format!("{base}/api/v4"),
         ForgeKind::Bitbucket => format!("{base}/2.0"),
         ForgeKind::Gitea => format!("{base}/api/v1"),
+        ForgeKind::AzureDevops => format!("{base}/acme"),
     };
     Fixture {
         kind,
+        ca,
+        ca_file,
         _dir: dir,
         git,
         bare,
@@ -517,13 +658,26 @@ async fn fixture(kind: ForgeKind) -> Fixture {
 }
 
 impl Fixture {
+    /// The repository's remote as the forge knows it: Azure DevOps remotes have their own
+    /// shape (`<org>/<project>/_git/<repo>`); the others are the git server's URL.
+    fn repo_url(&self) -> String {
+        match self.kind {
+            ForgeKind::AzureDevops => "https://dev.azure.com/acme/widget/_git/widget".to_owned(),
+            _ => self.git.url("acme/widget"),
+        }
+    }
+
     fn forge(&self, token: &str) -> Box<dyn Forge> {
-        let f = forge_for(
-            self.kind,
-            &self.git.url("acme/widget"),
-            Some(&self.api_base),
-            token,
-        )
+        let f = match &self.ca {
+            Some(ca) => forge_for_with_roots(
+                self.kind,
+                &self.repo_url(),
+                Some(&self.api_base),
+                token,
+                &ExtraRoots::from_pem(ca.ca_pem().as_bytes()).expect("roots"),
+            ),
+            None => forge_for(self.kind, &self.repo_url(), Some(&self.api_base), token),
+        }
         .expect("forge_for");
         assert_eq!(f.kind(), self.kind);
         f
@@ -537,7 +691,11 @@ impl Fixture {
         let work = self._dir.path().join("work");
         let work_s = work.to_string_lossy().into_owned();
         let run = |args: &[&str]| {
-            let out = git_command().args(args).output().expect("git");
+            let mut cmd = git_command();
+            if let Some(file) = &self.ca_file {
+                cmd.env("GIT_SSL_CAINFO", file);
+            }
+            let out = cmd.args(args).output().expect("git");
             assert!(
                 out.status.success(),
                 "git {args:?}: {}",
@@ -575,8 +733,14 @@ fn spec(head: &str, title: &str, body: &str) -> PullRequestSpec {
 
 fn assert_no_token(err: &ForgeError) {
     for text in [err.to_string(), format!("{err:?}")] {
-        assert!(!text.contains(TOKEN), "token leaked: {text}");
-        assert!(!text.contains(WRONG), "token leaked: {text}");
+        for secret in [
+            TOKEN.to_owned(),
+            WRONG.to_owned(),
+            azure_basic(TOKEN),
+            azure_basic(WRONG),
+        ] {
+            assert!(!text.contains(&secret), "token leaked: {text}");
+        }
     }
 }
 
@@ -586,7 +750,13 @@ fn web_path(kind: ForgeKind, n: u64) -> String {
         ForgeKind::Gitlab => format!("/acme/widget/-/merge_requests/{n}"),
         ForgeKind::Bitbucket => format!("https://bitbucket.org/acme/widget/pull-requests/{n}"),
         ForgeKind::Gitea => format!("/acme/widget/pulls/{n}"),
+        ForgeKind::AzureDevops => format!("/acme/widget/_git/widget/pullrequest/{n}"),
     }
+}
+
+/// Azure DevOps' basic-auth credential for a personal access token: `:<token>`.
+fn azure_basic(token: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!(":{token}"))
 }
 
 async fn creates_then_updates_the_same_one(kind: ForgeKind) {
@@ -668,6 +838,15 @@ async fn branch_not_pushed_is_refused(kind: ForgeKind) {
             assert!(message.contains("Branch not found"), "{message}")
         }
         (ForgeKind::Gitea, ForgeError::NotFound(_)) => {}
+        (
+            ForgeKind::AzureDevops,
+            ForgeError::Api {
+                status: 400,
+                message,
+            },
+        ) => {
+            assert!(message.contains("TF401398"), "{message}")
+        }
         _ => panic!("unexpected error for {kind:?}: {err}"),
     }
     assert!(!err.is_transient());
@@ -735,6 +914,7 @@ per_forge!(github, ForgeKind::Github);
 per_forge!(gitlab, ForgeKind::Gitlab);
 per_forge!(bitbucket, ForgeKind::Bitbucket);
 per_forge!(gitea, ForgeKind::Gitea);
+per_forge!(azure_devops, ForgeKind::AzureDevops);
 
 /// The open pull request for the branch sits on page 2 behind three others the list
 /// legitimately returns (fork PRs of the same branch name for GitLab and Bitbucket, whose
@@ -799,6 +979,11 @@ async fn gitea_finds_the_existing_one_on_page_two() {
 }
 
 #[tokio::test]
+async fn azure_devops_finds_the_existing_one_on_page_two() {
+    finds_the_existing_one_on_page_two(ForgeKind::AzureDevops).await
+}
+
+#[tokio::test]
 async fn github_exhausted_quota_403_is_rate_limited_with_reset() {
     let fx = fixture(ForgeKind::Github).await;
     fx.with(|f| f.limit = Limit::GithubExhausted);
@@ -832,4 +1017,162 @@ async fn unreachable_forge_is_a_transient_network_error() {
     assert!(matches!(err, ForgeError::Network(_)), "{err}");
     assert!(err.is_transient());
     assert_no_token(&err);
+}
+
+// ---------------------------------------------------------------- over TLS
+
+#[tokio::test]
+async fn github_over_tls_opens_then_updates_through_the_real_client() {
+    let ca = Arc::new(TestCa::new().expect("test CA"));
+    let fx = fixture_with(ForgeKind::Github, Some(ca)).await;
+    assert!(
+        fx.api_base.starts_with("https://127.0.0.1:"),
+        "{}",
+        fx.api_base
+    );
+    assert!(fx.git.url("acme/widget").starts_with("https://"));
+    fx.push_branch(BRANCH);
+    let forge = fx.forge(TOKEN);
+    let first = forge
+        .open_or_update(&spec(BRANCH, "Add widget", "over https"))
+        .await
+        .expect("create over https");
+    assert!(first.created);
+    assert!(first.url.starts_with("https://"), "{}", first.url);
+    let second = forge
+        .open_or_update(&spec(BRANCH, "Add widget (v2)", "again"))
+        .await
+        .expect("update over https");
+    assert!(!second.created);
+    assert_eq!(second.number, first.number);
+    fx.with(|f| {
+        assert_eq!((f.creates, f.updates), (1, 1));
+        assert_eq!(f.prs[0].title, "Add widget (v2)");
+    });
+}
+
+#[tokio::test]
+async fn gitlab_over_tls_works_too() {
+    let ca = Arc::new(TestCa::new().expect("test CA"));
+    let fx = fixture_with(ForgeKind::Gitlab, Some(ca)).await;
+    fx.push_branch(BRANCH);
+    let pr = fx
+        .forge(TOKEN)
+        .open_or_update(&spec(BRANCH, "t", "b"))
+        .await
+        .expect("create over https");
+    assert!(pr.created);
+}
+
+#[tokio::test]
+async fn a_forge_certificate_from_an_unknown_ca_is_refused_without_the_token() {
+    let ca = Arc::new(TestCa::new().expect("test CA"));
+    let fx = fixture_with(ForgeKind::Github, Some(ca)).await;
+    fx.push_branch(BRANCH);
+    let stranger = TestCa::new().expect("other CA");
+    for roots in [
+        ExtraRoots::none(),
+        ExtraRoots::from_pem(stranger.ca_pem().as_bytes()).expect("roots"),
+    ] {
+        let forge = forge_for_with_roots(
+            ForgeKind::Github,
+            &fx.git.url("acme/widget"),
+            Some(&fx.api_base),
+            TOKEN,
+            &roots,
+        )
+        .expect("forge");
+        let err = forge
+            .open_or_update(&spec(BRANCH, "t", "b"))
+            .await
+            .expect_err("untrusted certificate");
+        assert!(matches!(err, ForgeError::Tls(_)), "{err:?}");
+        assert!(!err.is_transient(), "a certificate does not fix itself");
+        assert!(err.to_string().contains("BUILDER_EXTRA_CA_FILE"), "{err}");
+        assert_no_token(&err);
+    }
+    fx.with(|f| assert_eq!(f.lists + f.creates, 0, "no request got through"));
+}
+
+/// The process-wide roots `builder serve` installs from `BUILDER_EXTRA_CA_FILE` reach plain
+/// `forge_for`. The only test in this binary that installs them (once per process).
+#[tokio::test]
+async fn installed_extra_roots_reach_forge_for() {
+    let ca = Arc::new(TestCa::new().expect("test CA"));
+    let fx = fixture_with(ForgeKind::Gitea, Some(ca.clone())).await;
+    fx.push_branch(BRANCH);
+    let file = fx.ca_file.clone().expect("ca file");
+    builder_forge::install_extra_roots(ExtraRoots::from_pem_file(&file).expect("roots"))
+        .expect("install once");
+    assert!(
+        builder_forge::install_extra_roots(ExtraRoots::none()).is_err(),
+        "a second install is refused"
+    );
+    let forge = forge_for(
+        ForgeKind::Gitea,
+        &fx.git.url("acme/widget"),
+        Some(&fx.api_base),
+        TOKEN,
+    )
+    .expect("forge");
+    let pr = forge
+        .open_or_update(&spec(BRANCH, "t", "b"))
+        .await
+        .expect("create with the installed roots");
+    assert!(pr.created);
+}
+
+// ---------------------------------------------------------------- Azure DevOps specifics
+
+#[tokio::test]
+async fn azure_devops_sign_in_page_is_an_auth_error() {
+    let fx = fixture(ForgeKind::AzureDevops).await;
+    fx.with(|f| f.limit = Limit::AzureSignInPage);
+    let err = fx
+        .forge(WRONG)
+        .open_or_update(&spec(BRANCH, "t", "b"))
+        .await
+        .expect_err("sign-in page");
+    assert!(matches!(err, ForgeError::Auth(_)), "{err:?}");
+    assert!(!err.is_transient());
+    assert_no_token(&err);
+}
+
+#[tokio::test]
+async fn azure_devops_long_descriptions_are_cut_to_its_limit() {
+    let fx = fixture(ForgeKind::AzureDevops).await;
+    fx.push_branch(BRANCH);
+    let long = "é".repeat(5000);
+    let pr = fx
+        .forge(TOKEN)
+        .open_or_update(&spec(BRANCH, "t", &long))
+        .await
+        .expect("create with a cut description");
+    assert!(pr.created);
+    fx.with(|f| {
+        let body = &f.prs[0].body;
+        assert_eq!(body.chars().count(), 4000);
+        assert!(body.ends_with('…'));
+    });
+}
+
+#[tokio::test]
+async fn azure_devops_remote_forms_need_no_api_base() {
+    for url in [
+        "https://dev.azure.com/acme/My%20Project/_git/widget",
+        "git@ssh.dev.azure.com:v3/acme/My%20Project/widget",
+        "https://acme.visualstudio.com/Proj/_git/widget",
+    ] {
+        let f = forge_for(ForgeKind::AzureDevops, url, None, TOKEN).expect(url);
+        assert_eq!(f.kind(), ForgeKind::AzureDevops);
+    }
+    let err = forge_for(
+        ForgeKind::AzureDevops,
+        "https://dev.azure.com/acme/widget",
+        None,
+        TOKEN,
+    )
+    .err()
+    .expect("not an Azure repository URL");
+    assert!(matches!(err, ForgeError::InvalidInput(_)), "{err}");
 }

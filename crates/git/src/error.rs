@@ -10,6 +10,12 @@ pub enum GitError {
     /// The remote refused the credential, or one was needed and none was given.
     #[error("authentication failed for {url}: {detail}")]
     Auth { url: String, detail: String },
+    /// The remote's TLS certificate was refused (unknown issuer, wrong name, expired).
+    /// Retrying will not help; a private CA has to be trusted (`BUILDER_EXTRA_CA_FILE`).
+    #[error(
+        "the TLS certificate of {url} is not trusted: {detail} (for a private CA, add it with BUILDER_EXTRA_CA_FILE)"
+    )]
+    Tls { url: String, detail: String },
     /// The remote could not be reached or the connection broke; worth retrying.
     #[error("remote {url} unreachable: {detail}")]
     Unreachable { url: String, detail: String },
@@ -132,6 +138,21 @@ const UNREACHABLE: &[&str] = &[
     "unable to access",
 ];
 
+/// What libcurl (OpenSSL or GnuTLS builds) prints when it refuses a server certificate or
+/// cannot load the trust store.
+const TLS: &[&str] = &[
+    "ssl certificate problem",
+    "server certificate verification failed",
+    "certificate verify failed",
+    "unable to get local issuer certificate",
+    "self-signed certificate",
+    "self signed certificate",
+    "no alternative certificate subject name matches",
+    "ssl: certificate subject name",
+    "certificate has expired",
+    "error setting certificate",
+];
+
 /// What `index-pack`/`unpack-objects` print when `transfer.fsckObjects` rejects an object.
 const FSCK: &[&str] = &["fsck error", "hasdotdot", "hasdotgit", "gitmodulesurl"];
 
@@ -186,6 +207,16 @@ pub(crate) fn classify(ctx: &FailureContext<'_>, status: Option<i32>, stderr: &s
         && has(FSCK)
     {
         return GitError::UnsafeRepository {
+            url: url.to_owned(),
+            detail,
+        };
+    }
+    // Before UNREACHABLE, which matches "ssl" and "unable to access": an untrusted
+    // certificate must not be retried as if the network had failed.
+    if let Some(url) = ctx.url
+        && has(TLS)
+    {
+        return GitError::Tls {
             url: url.to_owned(),
             detail,
         };
@@ -272,6 +303,17 @@ mod tests {
         assert!(matches!(
             net("fatal: unable to access 'https://host/': The requested URL returned error: 503"),
             GitError::Unreachable { .. }
+        ));
+        let tls = net(
+            "fatal: unable to access 'https://host/r.git/': SSL certificate problem: unable to get local issuer certificate",
+        );
+        assert!(matches!(tls, GitError::Tls { .. }), "{tls:?}");
+        assert!(!tls.is_transient());
+        assert!(matches!(
+            net(
+                "fatal: unable to access 'https://host/': server certificate verification failed. CAfile: none CRLfile: none"
+            ),
+            GitError::Tls { .. }
         ));
         let hk =
             net("Host key verification failed.\nfatal: Could not read from remote repository.");

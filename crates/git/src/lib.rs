@@ -9,6 +9,11 @@
 //! (`src/bin/git-bench.rs`) measures it against a fresh clone and the cost of writing the
 //! files.
 //!
+//! https remotes are verified against the platform's CA roots, plus an operator's private CA
+//! with [`Git::with_extra_ca_file`]; verification cannot be switched off by any repository
+//! config. [`Git::check_push_access`] proves a credential may push with a dry run that
+//! changes nothing on the remote.
+//!
 //! It must not depend on other builder crates (core, store, worker …): callers map its
 //! typed errors onto their own domain.
 
@@ -17,6 +22,7 @@ mod credential;
 mod error;
 mod ops;
 mod runner;
+mod tls;
 mod url;
 
 pub use branch::{feature_branch_name, validate_branch_name};

@@ -80,6 +80,8 @@ struct Inner {
     dir: tempfile::TempDir,
     askpass: PathBuf,
     known_hosts: PathBuf,
+    /// Platform roots plus the operator's extra CA, for git's https (`GIT_SSL_CAINFO`).
+    ca_bundle: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Git {
@@ -226,6 +228,7 @@ impl Git {
                 dir,
                 askpass,
                 known_hosts,
+                ca_bundle: None,
             }),
         })
     }
@@ -262,6 +265,21 @@ impl Git {
         self.inner.limits
     }
 
+    /// This `Git` trusting the CA certificates in the PEM file `extra_ca_file` for https
+    /// remotes, on top of the platform's roots (a self-hosted forge behind a private CA).
+    /// The bundle is assembled once, in the private directory; verification stays on.
+    pub fn with_extra_ca_file(self, extra_ca_file: &Path) -> Result<Git, GitError> {
+        let mut inner = Arc::try_unwrap(self.inner).map_err(|_| {
+            GitError::InvalidInput(
+                "with_extra_ca_file must be called before the Git handle is cloned".into(),
+            )
+        })?;
+        inner.ca_bundle = Some(crate::tls::write_bundle(inner.dir.path(), extra_ca_file)?);
+        Ok(Git {
+            inner: Arc::new(inner),
+        })
+    }
+
     fn private_dir(&self) -> &Path {
         self.inner.dir.path()
     }
@@ -290,6 +308,11 @@ impl Git {
             ("GIT_ASKPASS", OsString::new()),
             ("GIT_SSH_COMMAND", self.ssh_command(None)),
         ];
+        if let Some(bundle) = &self.inner.ca_bundle {
+            // Beats a GIT_SSL_CAINFO passed through from our own environment, whose
+            // certificates the bundle already holds.
+            env.push(("GIT_SSL_CAINFO", bundle.clone().into_os_string()));
+        }
         let mut key_file = None;
         let mismatch = |what: &str| {
             Err(GitError::InvalidInput(format!(
@@ -956,6 +979,7 @@ fn parse_numstat_z(raw: &[u8]) -> DiffStats {
     stats
 }
 
+mod access;
 mod mirror;
 pub use mirror::mirror_path;
 
@@ -965,3 +989,5 @@ mod hostile_tests;
 mod ssh_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

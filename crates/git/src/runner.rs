@@ -22,6 +22,9 @@ const HARDENING: &[&str] = &[
     "protocol.https.allow=always",
     "protocol.ssh.allow=always",
     "protocol.ext.allow=never",
+    // Certificate checks stay on whatever a repository's config or the operator's
+    // environment (GIT_SSL_NO_VERIFY is never passed through) might say.
+    "http.sslVerify=true",
     "core.fsmonitor=false",
     "transfer.fsckObjects=true",
     "submodule.recurse=false",

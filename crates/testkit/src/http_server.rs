@@ -1,7 +1,10 @@
 //! A git smart-HTTP server: the real `git http-backend` run as CGI per request, behind HTTP
 //! basic auth, on a loopback port, in a thread of its own so sync and async tests alike can
-//! use it.
+//! use it. It can speak https with a [`TestCa`]'s certificate, and can accept a second,
+//! read-only user who is refused `git-receive-pack` (403) the way forges refuse a token
+//! without write scope.
 
+use crate::tls::{TestCa, TlsListener};
 use crate::{Result, TestkitError, io_err};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -35,20 +38,83 @@ struct ServerState {
     root: PathBuf,
     username: String,
     password: String,
+    read_only: Option<(String, String)>,
     log: Arc<Mutex<Vec<RecordedRequest>>>,
 }
 
-/// Serves every bare repository under `root` at `http://127.0.0.1:PORT/<name>`; stops on drop.
+/// Serves every bare repository under `root` at `http(s)://127.0.0.1:PORT/<name>`; stops on
+/// drop.
 pub struct GitHttpServer {
     addr: SocketAddr,
+    scheme: &'static str,
     log: Arc<Mutex<Vec<RecordedRequest>>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// Options for [`GitHttpServer::builder`].
+pub struct GitHttpServerBuilder<'a> {
+    root: &'a Path,
+    username: &'a str,
+    password: &'a str,
+    read_only: Option<(&'a str, &'a str)>,
+    tls: Option<&'a TestCa>,
+}
+
+impl<'a> GitHttpServerBuilder<'a> {
+    /// Also accept `username:password`, for fetching only: `git-receive-pack` answers 403.
+    pub fn read_only_user(mut self, username: &'a str, password: &'a str) -> Self {
+        self.read_only = Some((username, password));
+        self
+    }
+
+    /// Speak https with `ca`'s server certificate (for `127.0.0.1` and `localhost`).
+    pub fn tls(mut self, ca: &'a TestCa) -> Self {
+        self.tls = Some(ca);
+        self
+    }
+
+    pub fn start(self) -> Result<GitHttpServer> {
+        GitHttpServer::start_with(self)
+    }
+}
+
 impl GitHttpServer {
-    /// Starts serving `root`; every request must carry basic auth `username:password`.
+    /// Starts serving `root` over plain http; every request must carry basic auth
+    /// `username:password`.
     pub fn start(root: &Path, username: &str, password: &str) -> Result<GitHttpServer> {
+        GitHttpServer::builder(root, username, password).start()
+    }
+
+    /// [`GitHttpServer::start`] over https with `ca`'s server certificate.
+    pub fn start_tls(
+        root: &Path,
+        username: &str,
+        password: &str,
+        ca: &TestCa,
+    ) -> Result<GitHttpServer> {
+        GitHttpServer::builder(root, username, password)
+            .tls(ca)
+            .start()
+    }
+
+    /// A server with more options than [`GitHttpServer::start`].
+    pub fn builder<'a>(
+        root: &'a Path,
+        username: &'a str,
+        password: &'a str,
+    ) -> GitHttpServerBuilder<'a> {
+        GitHttpServerBuilder {
+            root,
+            username,
+            password,
+            read_only: None,
+            tls: None,
+        }
+    }
+
+    fn start_with(opts: GitHttpServerBuilder<'_>) -> Result<GitHttpServer> {
+        let (root, username, password) = (opts.root, opts.username, opts.password);
         let root = root
             .canonicalize()
             .map_err(io_err(format!("resolving {}", root.display())))?;
@@ -74,17 +140,31 @@ impl GitHttpServer {
             root,
             username: username.to_owned(),
             password: password.to_owned(),
+            read_only: opts.read_only.map(|(u, p)| (u.to_owned(), p.to_owned())),
             log: log.clone(),
         });
         let app = Router::new().fallback(handle).with_state(state);
         let (tx, rx) = oneshot::channel::<()>();
+        let tls = opts.tls.map(TestCa::acceptor);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let thread = std::thread::Builder::new()
             .name(format!("git-http-{}", addr.port()))
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::select! {
-                        _ = axum::serve(listener, app) => {}
-                        _ = rx => {}
+                    match tls {
+                        Some(acceptor) => {
+                            let listener = TlsListener::with_acceptor(listener, acceptor);
+                            tokio::select! {
+                                _ = axum::serve(listener, app) => {}
+                                _ = rx => {}
+                            }
+                        }
+                        None => {
+                            tokio::select! {
+                                _ = axum::serve(listener, app) => {}
+                                _ = rx => {}
+                            }
+                        }
                     }
                 });
                 // Dropping the runtime drops in-flight handlers, whose children are
@@ -94,15 +174,16 @@ impl GitHttpServer {
             .map_err(io_err("spawning the server thread"))?;
         Ok(GitHttpServer {
             addr,
+            scheme,
             log,
             shutdown: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// `http://127.0.0.1:PORT/<repo_name>` — never with credentials in it.
+    /// `http(s)://127.0.0.1:PORT/<repo_name>` — never with credentials in it.
     pub fn url(&self, repo_name: &str) -> String {
-        format!("http://{}/{repo_name}", self.addr)
+        format!("{}://{}/{repo_name}", self.scheme, self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -147,7 +228,8 @@ fn record(state: &ServerState, parts: &Parts, status: u16) {
     }
 }
 
-fn authorized(state: &ServerState, parts: &Parts) -> Option<String> {
+/// Who a request authenticates as: `(user, may_write)`.
+fn authorized(state: &ServerState, parts: &Parts) -> Option<(String, bool)> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
@@ -155,7 +237,20 @@ fn authorized(state: &ServerState, parts: &Parts) -> Option<String> {
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, pass) = decoded.split_once(':')?;
-    (user == state.username && pass == state.password).then(|| user.to_owned())
+    if user == state.username && pass == state.password {
+        return Some((user.to_owned(), true));
+    }
+    let (ro_user, ro_pass) = state.read_only.as_ref()?;
+    (user == ro_user && pass == ro_pass).then(|| (user.to_owned(), false))
+}
+
+/// Whether the request is (the advertisement for) a push.
+fn is_receive_pack(parts: &Parts) -> bool {
+    parts.uri.path().ends_with("/git-receive-pack")
+        || parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "service=git-receive-pack"))
 }
 
 fn plain(status: StatusCode, text: &str) -> Response {
@@ -166,7 +261,7 @@ fn plain(status: StatusCode, text: &str) -> Response {
 
 async fn handle(State(state): State<Arc<ServerState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let Some(user) = authorized(&state, &parts) else {
+    let Some((user, may_write)) = authorized(&state, &parts) else {
         record(&state, &parts, 401);
         let mut resp = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
         resp.headers_mut().insert(
@@ -175,6 +270,10 @@ async fn handle(State(state): State<Arc<ServerState>>, req: Request) -> Response
         );
         return resp;
     };
+    if !may_write && is_receive_pack(&parts) {
+        record(&state, &parts, 403);
+        return plain(StatusCode::FORBIDDEN, "this user may not push\n");
+    }
     match run_backend(&state, &user, &parts, body).await {
         Ok(resp) => {
             record(&state, &parts, resp.status().as_u16());
@@ -336,7 +435,7 @@ fn body_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{git_command, make_bare_repo, read_branch_file};
+    use crate::{TestCa, git_command, make_bare_repo, read_branch_file};
 
     fn git_ok(args: &[&str]) -> String {
         let out = git_command().args(args).output().unwrap();
@@ -486,6 +585,82 @@ mod tests {
         );
         let branches = git_ok(&["--git-dir", &dest, "branch", "--list", "b*"]);
         assert_eq!(branches.lines().count(), 60);
+    }
+
+    #[test]
+    fn serves_https_to_clients_that_trust_the_test_ca_only() {
+        let root = tempfile::tempdir().unwrap();
+        make_bare_repo(root.path(), "demo", &[("a.txt", "one\n")]).unwrap();
+        let ca = TestCa::new().unwrap();
+        let server = GitHttpServer::start_tls(root.path(), "alice", "s3cret", &ca).unwrap();
+        let url = server.url("demo.git");
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        let ca_file = ca.write_ca_file(root.path(), "ca.pem").unwrap();
+        let authed = url.replacen("https://", "https://alice:s3cret@", 1);
+
+        let out = git_command()
+            .env("GIT_SSL_CAINFO", &ca_file)
+            .args(["ls-remote", &authed, "HEAD"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A different CA is not trusted, and the server survives the refused handshake.
+        let other = TestCa::new().unwrap();
+        let other_file = other.write_ca_file(root.path(), "other.pem").unwrap();
+        let out = git_command()
+            .env("GIT_SSL_CAINFO", &other_file)
+            .args(["ls-remote", &authed, "HEAD"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(stderr.contains("certificate"), "{stderr}");
+        let again = git_command()
+            .env("GIT_SSL_CAINFO", &ca_file)
+            .args(["ls-remote", &authed, "HEAD"])
+            .output()
+            .unwrap();
+        assert!(again.status.success());
+    }
+
+    #[test]
+    fn read_only_user_may_fetch_but_not_push() {
+        let root = tempfile::tempdir().unwrap();
+        let bare = make_bare_repo(root.path(), "demo", &[("a.txt", "one\n")]).unwrap();
+        let server = GitHttpServer::builder(root.path(), "alice", "s3cret")
+            .read_only_user("reader", "r3ad")
+            .start()
+            .unwrap();
+        let url = server.url("demo.git");
+        let work = tempfile::tempdir().unwrap();
+        let dest = work.path().join("clone");
+        let dest_s = dest.to_string_lossy().into_owned();
+        git_ok(&[
+            "clone",
+            "--quiet",
+            &with_userinfo(&url, "reader", "r3ad"),
+            &dest_s,
+        ]);
+        git_ok(&[
+            "-C",
+            &dest_s,
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "-m",
+            "x",
+        ]);
+        let out = git_command()
+            .args(["-C", &dest_s, "push", "origin", "HEAD:refs/heads/nope"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(read_branch_file(&bare, "nope", "a.txt").is_none());
+        assert!(server.requests().iter().any(|r| r.status == 403));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! builder-testkit: helpers that other crates' tests use to talk to real things — a real
-//! git smart-HTTP server (`git http-backend` behind basic auth), real bare repositories made
+//! git smart-HTTP server (`git http-backend` behind basic auth, over http or https with a
+//! test CA generated per test), real bare repositories made
 //! with the git CLI, a real OpenSSH server on a loopback port (`sshd`, own host key and
 //! authorized_keys), and a TCP server that never answers (for timeout tests).
 //!
@@ -10,11 +11,13 @@ mod http_server;
 mod repo;
 mod silent;
 mod ssh_server;
+mod tls;
 
-pub use http_server::{GitHttpServer, RecordedRequest};
+pub use http_server::{GitHttpServer, GitHttpServerBuilder, RecordedRequest};
 pub use repo::{add_commit, git_command, make_bare_repo, read_branch_file};
 pub use silent::{SilentServer, closed_port};
 pub use ssh_server::{SshServer, generate_ssh_key};
+pub use tls::{TestCa, TlsListener};
 
 /// Why a test helper could not do its job.
 #[derive(Debug, thiserror::Error)]

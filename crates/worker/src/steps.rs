@@ -1770,8 +1770,9 @@ impl Run<'_> {
             Provider::Gitlab => ForgeKind::Gitlab,
             Provider::Bitbucket => ForgeKind::Bitbucket,
             Provider::Gitea => ForgeKind::Gitea,
-            // Plain git remotes (and Azure DevOps, not built yet): the pushed branch is the result.
-            Provider::Generic | Provider::AzureDevops => return Ok(()),
+            Provider::AzureDevops => ForgeKind::AzureDevops,
+            // Plain git remotes: the pushed branch is the result.
+            Provider::Generic => return Ok(()),
         };
         let token = match self.w.store.get_credential(repo.id).await {
             Ok(Some((_, secret))) => match serde_json::from_slice::<Credential>(secret.expose()) {
@@ -1795,20 +1796,6 @@ impl Run<'_> {
                 .await;
         };
         let api_base = repo.properties.get("forge_api_base").map(String::as_str);
-        // Every forge's default API root is https, and builder's HTTP client has no TLS yet.
-        if api_base.is_none_or(|b| b.starts_with("https://")) {
-            let reason =
-                "opening pull requests over https is not built yet (the HTTP client has no TLS); \
-                          the branch is pushed — open the request by hand, or set the repository's \
-                          forge_api_base property to an http:// endpoint"
-                    .to_string();
-            return self
-                .emit(vec![Event::PullRequestFailed {
-                    reason,
-                    retryable: false,
-                }])
-                .await;
-        }
         let spec = builder_forge::PullRequestSpec {
             head_branch: branch.to_string(),
             base_branch: self.feature.target_branch.clone(),

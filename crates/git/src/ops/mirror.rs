@@ -139,7 +139,7 @@ fn parse_ls_tree_sizes(raw: &[u8]) -> TreeSize {
 
 impl Git {
     /// An invocation on a bare repository (the mirror), run from the private directory.
-    fn bare<'a>(
+    pub(super) fn bare<'a>(
         &'a self,
         op: &'a str,
         git_dir: &Path,
@@ -153,7 +153,12 @@ impl Git {
 
     /// A local invocation that names its repositories in `args`, run from the private
     /// directory.
-    fn plain<'a>(&'a self, op: &'a str, args: Vec<OsString>, subject: &'a str) -> Invocation<'a> {
+    pub(super) fn plain<'a>(
+        &'a self,
+        op: &'a str,
+        args: Vec<OsString>,
+        subject: &'a str,
+    ) -> Invocation<'a> {
         Invocation {
             op,
             args,

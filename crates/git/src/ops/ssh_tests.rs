@@ -147,6 +147,46 @@ async fn a_key_the_server_does_not_know_is_an_auth_error() {
 }
 
 #[tokio::test]
+async fn push_access_dry_run_over_ssh_changes_nothing() {
+    let Some(s) = setup() else { return };
+    let url = s.server.url("app");
+    let bare = s._root.path().join("app.git");
+    let state = || {
+        let out = builder_testkit::git_command()
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["for-each-ref", "--format=%(refname) %(objectname)"])
+            .output()
+            .unwrap();
+        let objects = builder_testkit::git_command()
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["count-objects", "-v"])
+            .output()
+            .unwrap();
+        (out.stdout, objects.stdout)
+    };
+    let before = state();
+    s.git.check_push_access(&url, &s.cred).await.unwrap();
+    assert_eq!(state(), before, "the dry run created something");
+    // The server ran receive-pack for our key.
+    assert!(
+        s.server.log().contains("Accepted publickey"),
+        "{}",
+        s.server.log()
+    );
+    let (other, _) = generate_ssh_key().unwrap();
+    let err = s
+        .git
+        .check_push_access(&url, &GitCredential::SshKey { private_key: other })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::Auth { .. }), "{err:?}");
+    assert_eq!(state(), before);
+    assert_eq!(private_dir_files(&s.git), ["askpass.sh", "known_hosts"]);
+}
+
+#[tokio::test]
 async fn a_changed_host_key_is_refused_and_not_retried() {
     let Some(s) = setup() else { return };
     let url = s.server.url("app");
