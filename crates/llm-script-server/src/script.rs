@@ -40,6 +40,9 @@ pub struct Entry {
     pub when_contains: Option<String>,
     /// Waits this long before answering (timeouts, concurrency).
     pub delay_ms: Option<u64>,
+    /// Streamed answers only: waits this long before each event after the first, so a
+    /// streaming client sees the answer arrive piece by piece (partial output).
+    pub chunk_delay_ms: Option<u64>,
     /// `[input, output]` tokens reported in the answer's usage; estimated from the text
     /// (≈4 characters a token) when not set.
     pub usage: Option<[u64; 2]>,
@@ -53,6 +56,7 @@ pub struct Entry {
 struct RawEntry {
     when_contains: Option<String>,
     delay_ms: Option<u64>,
+    chunk_delay_ms: Option<u64>,
     usage: Option<[u64; 2]>,
     text: Option<String>,
     finish_reason: Option<String>,
@@ -92,6 +96,7 @@ impl TryFrom<RawEntry> for Entry {
         Ok(Entry {
             when_contains: raw.when_contains,
             delay_ms: raw.delay_ms,
+            chunk_delay_ms: raw.chunk_delay_ms,
             usage: raw.usage,
             reply,
         })
@@ -103,6 +108,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            chunk_delay_ms: None,
             usage: None,
             reply: Reply::Text {
                 text: text.into(),
@@ -116,6 +122,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            chunk_delay_ms: None,
             usage: None,
             reply: Reply::Error { status, body: None },
         }
@@ -125,6 +132,7 @@ impl Entry {
         Entry {
             when_contains: None,
             delay_ms: None,
+            chunk_delay_ms: None,
             usage: None,
             reply: Reply::Error {
                 status,
@@ -140,6 +148,12 @@ impl Entry {
 
     pub fn delay_ms(mut self, ms: u64) -> Entry {
         self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Spaces the events of a streamed answer `ms` apart.
+    pub fn chunk_delay_ms(mut self, ms: u64) -> Entry {
+        self.chunk_delay_ms = Some(ms);
         self
     }
 
@@ -208,7 +222,7 @@ mod tests {
     #[test]
     fn parses_both_file_shapes_and_all_kinds() {
         let list = r#"[
-            {"when_contains": "GenerateEdits", "text": "hi", "delay_ms": 5},
+            {"when_contains": "GenerateEdits", "text": "hi", "delay_ms": 5, "chunk_delay_ms": 2},
             {"status": 429, "body": {"error": {"message": "slow down"}}},
             {"status": 529},
             {"text": "no", "finish_reason": "content_filter"}
@@ -217,7 +231,10 @@ mod tests {
         assert_eq!(script.entries.len(), 4);
         assert_eq!(
             script.entries[0],
-            Entry::text("hi").when_contains("GenerateEdits").delay_ms(5)
+            Entry::text("hi")
+                .when_contains("GenerateEdits")
+                .delay_ms(5)
+                .chunk_delay_ms(2)
         );
         assert_eq!(
             script.entries[1],

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -387,16 +388,29 @@ async fn answer(
                     let include_usage = request["stream_options"]["include_usage"]
                         .as_bool()
                         .unwrap_or(false);
-                    sse(wire::openai_stream(&completion, include_usage))
+                    sse(
+                        wire::openai_stream(&completion, include_usage),
+                        entry.chunk_delay_ms,
+                    )
                 }
-                (Provider::Anthropic, true) => sse(wire::anthropic_stream(&completion)),
+                (Provider::Anthropic, true) => {
+                    sse(wire::anthropic_stream(&completion), entry.chunk_delay_ms)
+                }
             }
         }
     }
 }
 
-fn sse(frames: Vec<String>) -> Response {
-    let stream = futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
+/// The frames as an event stream, `delay_ms` apart when set (the first one at once).
+fn sse(frames: Vec<String>, delay_ms: Option<u64>) -> Response {
+    let delay = Duration::from_millis(delay_ms.unwrap_or(0));
+    let stream =
+        futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(frame)
+        });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

@@ -127,7 +127,8 @@ async fn openai_streaming_sends_deltas_finish_usage_and_done() {
         .collect();
     assert_eq!(finish.len(), 1);
     assert_eq!(finish[0]["choices"][0]["finish_reason"], "stop");
-    assert!(finish[0]["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // As with OpenAI, usage comes only in the last chunk, and only because it was asked for.
+    assert!(finish[0]["usage"].is_null());
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
     assert!(
         chunks.last().unwrap()["usage"]["total_tokens"]
@@ -380,4 +381,54 @@ async fn a_non_json_body_is_a_400_in_the_provider_shape() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert_eq!(server.unused_entries(), 1);
+}
+
+#[tokio::test]
+async fn chunk_delay_spaces_the_events_of_a_stream() {
+    use futures::StreamExt;
+    let text = "forty-eight characters of text, in three pieces";
+    let server = start(Script::new(vec![
+        Entry::text(text).chunk_delay_ms(150),
+        Entry::text(text).chunk_delay_ms(150),
+    ]))
+    .await
+    .unwrap();
+    for (url, key, body) in [
+        (
+            format!("{}/chat/completions", server.openai_base_url()),
+            ("authorization", "Bearer k"),
+            openai_body("q", true),
+        ),
+        (
+            format!("{}/v1/messages", server.url()),
+            ("x-api-key", "k"),
+            anthropic_body("q", true),
+        ),
+    ] {
+        let started = Instant::now();
+        let resp = post(url, key, &body).await;
+        let mut stream = resp.bytes_stream();
+        // Each piece of text arrives on its own, the next one a delay later.
+        let mut arrivals = Vec::new();
+        let mut seen = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = String::from_utf8(chunk.unwrap().to_vec()).unwrap();
+            // A text delta: Anthropic's `text_delta`, OpenAI's non-empty `content`.
+            let anthropic_text = chunk.contains("text_delta");
+            let openai_text =
+                chunk.contains("\"content\":\"") && !chunk.contains("\"content\":\"\"");
+            if anthropic_text || openai_text {
+                arrivals.push(started.elapsed());
+            }
+            seen.push_str(&chunk);
+        }
+        assert!(arrivals.len() >= 3, "{arrivals:?}\n{seen}");
+        for pair in arrivals.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(100),
+                "{arrivals:?}"
+            );
+        }
+        assert!(started.elapsed() >= Duration::from_millis(150 * 4));
+    }
 }

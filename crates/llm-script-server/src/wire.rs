@@ -73,28 +73,36 @@ fn openai_chunk(c: &Completion, delta: Value, finish: Option<&str>, usage: Optio
 }
 
 /// `data: {chunk}` frames: a role chunk, content deltas, a final chunk carrying
-/// `finish_reason` and usage, then (when the client asked with
-/// `stream_options.include_usage`) OpenAI's usage-only chunk, and `data: [DONE]`.
+/// `finish_reason`, then (only when the client asked with `stream_options.include_usage`,
+/// as with OpenAI itself) a usage-only chunk with empty `choices`, and `data: [DONE]`.
+/// With `include_usage` every other chunk says `"usage": null`; without it no chunk has
+/// usage at all, which is what makes metering a stream depend on asking for it.
 pub fn openai_stream(c: &Completion, include_usage: bool) -> Vec<String> {
     let usage = json!({
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": c.prompt_tokens + c.completion_tokens,
     });
+    let null_usage = include_usage.then_some(Value::Null);
     let mut chunks = vec![openai_chunk(
         c,
         json!({"role": "assistant", "content": ""}),
         None,
-        None,
+        null_usage.clone(),
     )];
     for piece in chunk_text(c.text, 16) {
-        chunks.push(openai_chunk(c, json!({"content": piece}), None, None));
+        chunks.push(openai_chunk(
+            c,
+            json!({"content": piece}),
+            None,
+            null_usage.clone(),
+        ));
     }
     chunks.push(openai_chunk(
         c,
         json!({}),
         Some(c.finish_reason.unwrap_or("stop")),
-        Some(usage.clone()),
+        null_usage,
     ));
     if include_usage {
         let mut last = openai_chunk(c, json!({}), None, Some(usage));
@@ -254,8 +262,14 @@ mod tests {
         assert_eq!(text, sample().text);
         let finish = &chunks[chunks.len() - 2];
         assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        assert_eq!(finish["usage"]["total_tokens"], 7);
+        assert_eq!(finish["usage"], Value::Null);
         assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+        assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], 7);
+
+        // Not asked for: no chunk carries usage.
+        let frames = openai_stream(&sample(), false);
+        assert!(frames.iter().all(|f| !f.contains("usage")), "{frames:?}");
+        assert!(frames[frames.len() - 2].contains("\"finish_reason\":\"stop\""));
         assert!(
             chunks
                 .iter()

@@ -1,11 +1,13 @@
 //! Typed calls of the four BAML functions through the sidecar, with retries.
 
 use crate::error::{LlmError, tidy};
-use crate::meter::{Attempt, Budget, TokenUsage};
+use crate::meter::{Attempt, Budget, RouteGuard, TokenUsage};
 use crate::prices::PriceTable;
 use crate::settings::LlmSettings;
 use crate::sidecar::Shared;
+use crate::stream::{DEFAULT_PARTIAL_INTERVAL, EventReader, Partial, Throttle};
 use crate::types::{Analysis, EditSet, FeatureRequest, Plan, RepoContext, Review, SourceFile};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +24,8 @@ pub struct Called<T> {
     pub model: String,
     /// Wall time of the whole call, retries and back-off included.
     pub latency_ms: u64,
-    /// HTTP calls made to the sidecar, the successful one included.
+    /// Tries made, the successful one included: one sidecar call each (a streamed try
+    /// adds a local replay, which is not counted; see `crate::stream`).
     pub attempts: u32,
     /// The function's answer as BAML returned it: what a transcript records.
     pub raw: Value,
@@ -123,6 +126,9 @@ pub struct LlmClient {
     prices: PriceTable,
     budget: Budget,
     ledger: UsageLedger,
+    /// When set, calls stream and their partial values go here.
+    partials: Option<tokio::sync::mpsc::UnboundedSender<Partial>>,
+    partial_interval: Duration,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -130,6 +136,7 @@ impl std::fmt::Debug for LlmClient {
         f.debug_struct("LlmClient")
             .field("chain", &self.chain)
             .field("retry", &self.retry)
+            .field("streaming", &self.partials.is_some())
             .finish()
     }
 }
@@ -140,6 +147,15 @@ enum Outcome {
     Failed(LlmError),
     /// The sidecar could not be reached on this generation.
     Unreachable(u64, String),
+}
+
+/// What a streamed try needs besides the request: the route whose answer it waits for,
+/// what to rebuild the request from for the replay, and where partial values go.
+struct StreamTry<'a> {
+    route: &'a RouteGuard,
+    args: &'a Map<String, Value>,
+    settings: &'a LlmSettings,
+    throttle: &'a mut Throttle,
 }
 
 /// Where the current provider stands within one call.
@@ -160,6 +176,8 @@ impl LlmClient {
             prices: PriceTable::default(),
             budget: Budget::unlimited(),
             ledger: UsageLedger::new(),
+            partials: None,
+            partial_interval: DEFAULT_PARTIAL_INTERVAL,
         }
     }
 
@@ -182,6 +200,8 @@ impl LlmClient {
             prices: PriceTable::default(),
             budget: Budget::unlimited(),
             ledger: UsageLedger::new(),
+            partials: None,
+            partial_interval: DEFAULT_PARTIAL_INTERVAL,
         }
     }
 
@@ -214,6 +234,25 @@ impl LlmClient {
         tx: tokio::sync::mpsc::UnboundedSender<RetryNotice>,
     ) -> LlmClient {
         self.observer = Some(tx);
+        self
+    }
+
+    /// Streams every call and sends the model's partial answers on `tx` as they are
+    /// written — at most one per [`LlmClient::with_partial_interval`] (default
+    /// [`DEFAULT_PARTIAL_INTERVAL`]), only when changed, never after the call returned.
+    /// Results, errors, retries, fallbacks, budgets and usage are exactly those of an
+    /// unstreamed call. A client answering from a transcript sends none.
+    pub fn with_partial_observer(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<Partial>,
+    ) -> LlmClient {
+        self.partials = Some(tx);
+        self
+    }
+
+    /// The least time between two partial values of one call (zero: every change).
+    pub fn with_partial_interval(mut self, every: Duration) -> LlmClient {
+        self.partial_interval = every;
         self
     }
 
@@ -289,7 +328,7 @@ impl LlmClient {
         .await
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         function: &'static str,
         args: Value,
@@ -324,6 +363,10 @@ impl LlmClient {
             _ => Map::new(),
         };
         let started = Instant::now();
+        let mut throttle = self
+            .partials
+            .as_ref()
+            .map(|tx| Throttle::new(tx.clone(), function, self.partial_interval));
         let mut attempts = 0u32;
         let mut sidecar_failures = 0;
         let mut failed_generation = None;
@@ -342,20 +385,29 @@ impl LlmClient {
                 )));
             };
             // The sidecar talks to the provider through a private route of the meter.
-            let route = shared.meter.route(upstream, price, self.budget.clone());
-            let mut routed = settings.clone();
-            routed.base_url = Some(route.url.clone());
-            let mut body = args.clone();
-            body.insert(
-                "__baml_options__".into(),
-                json!({"client_registry": routed.client_registry()}),
-            );
-            let body = Value::Object(body);
+            let route =
+                shared
+                    .meter
+                    .route(upstream, price, self.budget.clone(), throttle.is_some());
+            let body = call_body(&args, settings, &route.url);
             let (mut parse_failures, mut transient_failures) = (0, 0);
             loop {
                 let endpoint = shared.endpoint(failed_generation).await?;
                 attempts += 1;
-                let outcome = self.post(shared, function, &endpoint, &body).await;
+                let outcome = match &mut throttle {
+                    None => self.post(shared, function, &endpoint, &body).await,
+                    Some(throttle) => {
+                        throttle.attempt = attempts;
+                        let streamed = StreamTry {
+                            route: &route,
+                            args: &args,
+                            settings,
+                            throttle,
+                        };
+                        self.stream(shared, function, &endpoint, &body, streamed)
+                            .await
+                    }
+                };
                 let mut unreachable = false;
                 for attempt in route.take_attempts() {
                     unreachable |= attempt.status.is_none();
@@ -456,6 +508,100 @@ impl LlmClient {
         Err(last_error.unwrap_or(LlmError::NotConfigured))
     }
 
+    /// One try through `/stream` (see `crate::stream`): partial values go to `throttle`
+    /// until the metering proxy reports the provider request over; then `/call` judges
+    /// the answer it kept, served by a replay route.
+    async fn stream(
+        &self,
+        shared: &Shared,
+        function: &'static str,
+        endpoint: &crate::sidecar::Endpoint,
+        body: &Value,
+        StreamTry {
+            route,
+            args,
+            settings,
+            throttle,
+        }: StreamTry<'_>,
+    ) -> Outcome {
+        let timeout = shared.config.call_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ended = route.ended();
+        ended.borrow_and_update();
+        let sent = shared
+            .http
+            .post(format!("{}/stream/{function}", endpoint.base_url))
+            .header("x-baml-api-key", &endpoint.password)
+            .json(body)
+            .send();
+        let response = match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => return Outcome::Failed(LlmError::Timeout { after: timeout }),
+            Ok(Err(e)) => return Outcome::Unreachable(endpoint.generation, e.to_string()),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            // Refused before streaming (arguments, password): the same answers as `/call`.
+            return match tokio::time::timeout_at(deadline, response.text()).await {
+                Err(_) => Outcome::Failed(LlmError::Timeout { after: timeout }),
+                Ok(Err(e)) => Outcome::Unreachable(endpoint.generation, e.to_string()),
+                Ok(Ok(text)) => Outcome::Failed(classify(function, status, &text)),
+            };
+        }
+        let mut events = EventReader::default();
+        let mut chunks = response.bytes_stream();
+        let broken = loop {
+            let due = throttle.due();
+            tokio::select! {
+                // The provider request is over: its answer is what counts, not the stream.
+                biased;
+                _ = ended.changed() => break None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    throttle.end_attempt();
+                    return Outcome::Failed(LlmError::Timeout { after: timeout });
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or(deadline)), if due.is_some() => {
+                    throttle.flush(tokio::time::Instant::now());
+                }
+                chunk = chunks.next() => match chunk {
+                    Some(Ok(bytes)) => {
+                        for data in events.feed(&bytes) {
+                            throttle.offer(data, tokio::time::Instant::now());
+                        }
+                    }
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break Some(String::new()),
+                },
+            }
+        };
+        drop(chunks);
+        throttle.end_attempt();
+        if let Some(why) = broken {
+            // The stream ended first. Normally the proxy is about to record the provider's
+            // end (BAML may finish on the last event before the provider's connection
+            // closes); if it never does, no provider request was made.
+            let wait = tokio::time::Instant::now() + METER_GRACE;
+            if !matches!(
+                tokio::time::timeout_at(wait.min(deadline), ended.changed()).await,
+                Ok(Ok(()))
+            ) {
+                if !why.is_empty() {
+                    return Outcome::Unreachable(endpoint.generation, why);
+                }
+                // BAML gave up before asking the provider; `/call` says why.
+                return self.post(shared, function, endpoint, body).await;
+            }
+        }
+        let Some(answer) = route.take_answer() else {
+            return Outcome::Failed(LlmError::Sidecar {
+                message: format!("{function}: the metering proxy kept no answer to judge"),
+            });
+        };
+        let replay = shared.meter.replay(answer);
+        let body = call_body(args, settings, &replay.url);
+        self.post(shared, function, endpoint, &body).await
+    }
+
     async fn post(
         &self,
         shared: &Shared,
@@ -497,6 +643,22 @@ impl LlmClient {
         }
         Outcome::Failed(classify(function, status, &text))
     }
+}
+
+/// How long a stream that ended may wait for the proxy to record the provider's end.
+const METER_GRACE: Duration = Duration::from_secs(5);
+
+/// The body of a `/call` or `/stream` request: the function's arguments and the provider
+/// settings, pointed at `url` (a route of the metering proxy).
+fn call_body(args: &Map<String, Value>, settings: &LlmSettings, url: &str) -> Value {
+    let mut routed = settings.clone();
+    routed.base_url = Some(url.to_owned());
+    let mut body = args.clone();
+    body.insert(
+        "__baml_options__".into(),
+        json!({"client_registry": routed.client_registry()}),
+    );
+    Value::Object(body)
 }
 
 const RAW_OUTPUT_CHARS: usize = 4000;

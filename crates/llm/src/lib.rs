@@ -3,7 +3,9 @@
 //! `baml-cli serve` sidecar, provider settings from `BAML_CLIENT_*`, retries, and the safe
 //! application of the model's edits to a working copy. Every provider request passes
 //! through a metering proxy of ours (`meter`), which is how calls get their token usage
-//! and cost, and how budgets are enforced before a request leaves.
+//! and cost, and how budgets are enforced before a request leaves. A client given a
+//! partial observer streams its calls and reports the model's unfinished answers as they
+//! are written (`stream`), with results and errors identical to unstreamed calls.
 //!
 //! It must not depend on other builder crates (the worker maps these types onto the domain)
 //! nor hold provider secrets anywhere but in the per-request settings: the sidecar's
@@ -18,12 +20,15 @@ mod prices;
 pub mod replay;
 mod settings;
 mod sidecar;
+mod stream;
 mod types;
 
 #[cfg(test)]
 mod edits_tests;
 #[cfg(test)]
 mod sidecar_tests;
+#[cfg(test)]
+mod stream_tests;
 
 pub use client::{Called, LlmClient, RetryNotice, RetryPolicy, Spent, UsageLedger};
 pub use config::{DEFAULT_PROFILE, DefaultBudgets, ENV_LLM_CONFIG, LlmConfig};
@@ -37,6 +42,7 @@ pub use settings::{
     LlmSettings,
 };
 pub use sidecar::{Sidecar, SidecarConfig};
+pub use stream::{DEFAULT_PARTIAL_INTERVAL, Partial};
 pub use types::{
     Analysis, Edit, EditAction, EditSet, FeatureRequest, Plan, PlanStep, RepoContext, Review,
     SourceFile, StepType,

@@ -9,6 +9,15 @@
 //! of the request a token, plus the answer's `max_tokens`) does not fit what is left is
 //! refused, or its `max_tokens` lowered to fit, so a budget is never exceeded.
 //!
+//! Streaming calls (`baml-cli serve`'s `/stream`) need two more things of it. Their routes
+//! *capture* the answer: a streamed answer is assembled, as it passes, into the body a
+//! non-streamed request would have received (or the provider's error, verbatim), and the
+//! caller is told when each request is over. A *replay* route answers with such a captured
+//! answer instead of forwarding anything, so the client can have `/call` judge a streamed
+//! answer exactly as it judges any other (see `crate::stream`). And because OpenAI-shaped
+//! streams report usage only when asked (`stream_options.include_usage`, which BAML sends
+//! for `openai` but not for `openai-generic`), the proxy asks on BAML's behalf.
+//!
 //! Routes are random 128-bit tokens that exist only while their call runs, so no other
 //! local process can use the proxy as an open relay. Nothing here logs a header or a body.
 
@@ -28,6 +37,8 @@ use tokio::task::JoinHandle;
 const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Largest non-streamed answer read to find its usage.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest streamed answer text assembled for a replay (far above any `max_tokens`).
+const MAX_CAPTURED_TEXT: usize = 16 * 1024 * 1024;
 /// An answer cut below this many tokens to fit a budget is not worth asking for.
 pub const MIN_OUTPUT_TOKENS: u64 = 64;
 
@@ -197,21 +208,55 @@ impl Budget {
     }
 }
 
+/// A provider's answer as a non-streamed request receives it: what a replay route serves.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Captured {
+    pub status: u16,
+    pub body: Bytes,
+}
+
 struct Route {
     /// The provider's base URL (no trailing slash); the route's path is appended to it.
     upstream: String,
     price: Option<Price>,
     budget: Budget,
     attempts: Mutex<Vec<Attempt>>,
+    /// Keep the last answer (see [`Captured`]); only streaming calls ask for it.
+    capture: bool,
+    answer: Mutex<Option<Captured>>,
+    /// How many requests are over; lets a caller wait for the next one to end.
+    recorded: tokio::sync::watch::Sender<u64>,
+    /// Answer every request with this instead of forwarding it.
+    replay: Option<Captured>,
 }
 
 impl Route {
-    fn record(&self, attempt: Attempt) {
+    fn new(upstream: &str, price: Option<Price>, budget: Budget, capture: bool) -> Route {
+        Route {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            price,
+            budget,
+            attempts: Mutex::new(Vec::new()),
+            capture,
+            answer: Mutex::new(None),
+            recorded: tokio::sync::watch::Sender::new(0),
+            replay: None,
+        }
+    }
+
+    /// Counts the request, and keeps its answer when capturing (built only then: `answer`
+    /// may copy a large body).
+    fn record(&self, attempt: Attempt, answer: impl FnOnce() -> Captured) {
         self.budget.charge(&attempt.usage, attempt.cost_usd);
+        if self.capture {
+            *self.answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(answer());
+        }
         self.attempts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(attempt);
+        // After the attempt is stored, so a woken caller finds it.
+        self.recorded.send_modify(|n| *n += 1);
     }
 }
 
@@ -253,6 +298,21 @@ impl Drop for RouteGuard {
 }
 
 impl RouteGuard {
+    /// Changes (to the number of requests over so far) each time a request of this route
+    /// ends: answered, failed or refused.
+    pub fn ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route.recorded.subscribe()
+    }
+
+    /// The answer of the last request that ended, taken; only on capturing routes.
+    pub fn take_answer(&self) -> Option<Captured> {
+        self.route
+            .answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     /// The requests recorded since the last call, taken.
     pub fn take_attempts(&self) -> Vec<Attempt> {
         std::mem::take(
@@ -296,15 +356,29 @@ impl Meter {
         })
     }
 
-    /// A fresh private route to `upstream` (e.g. `https://api.openai.com/v1`).
-    pub fn route(&self, upstream: &str, price: Option<Price>, budget: Budget) -> RouteGuard {
+    /// A fresh private route to `upstream` (e.g. `https://api.openai.com/v1`); with
+    /// `capture`, it keeps each answer for [`RouteGuard::take_answer`].
+    pub fn route(
+        &self,
+        upstream: &str,
+        price: Option<Price>,
+        budget: Budget,
+        capture: bool,
+    ) -> RouteGuard {
+        self.install(Route::new(upstream, price, budget, capture))
+    }
+
+    /// A route that answers every request with `answer`, forwarding nothing and recording
+    /// nothing: no provider is asked, so nothing is spent.
+    pub fn replay(&self, answer: Captured) -> RouteGuard {
+        let mut route = Route::new("", None, Budget::unlimited(), false);
+        route.replay = Some(answer);
+        self.install(route)
+    }
+
+    fn install(&self, route: Route) -> RouteGuard {
         let token = hex::encode(rand::random::<[u8; 16]>());
-        let route = Arc::new(Route {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            price,
-            budget,
-            attempts: Mutex::new(Vec::new()),
-        });
+        let route = Arc::new(route);
         self.state
             .routes
             .lock()
@@ -320,9 +394,30 @@ impl Meter {
 }
 
 fn plain(status: StatusCode, message: &str) -> Response {
-    // Shaped like a provider error so BAML quotes it in its own message.
+    json_response(status.as_u16(), plain_body(message))
+}
+
+/// Shaped like a provider error so BAML quotes it in its own message.
+fn plain_body(message: &str) -> Bytes {
     let body = serde_json::json!({"error": {"type": "builder_meter", "message": message}});
-    (status, axum::Json(body)).into_response()
+    Bytes::from(body.to_string())
+}
+
+fn plain_captured(status: StatusCode, message: &str) -> Captured {
+    Captured {
+        status: status.as_u16(),
+        body: plain_body(message),
+    }
+}
+
+fn json_response(status: u16, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response {
@@ -345,10 +440,14 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
         Ok(b) => b,
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
     };
+    if let Some(answer) = &route.replay {
+        return json_response(answer.status, answer.body.clone());
+    }
 
     // The budget check: the worst case of this request must fit what is left.
     let mut max_tokens = None;
     if let Ok(Value::Object(mut json)) = serde_json::from_slice::<Value>(&body) {
+        let mut changed = ask_for_stream_usage(tail, &mut json);
         let field = ["max_completion_tokens", "max_tokens"]
             .into_iter()
             .find(|f| json.get(*f).and_then(Value::as_u64).is_some());
@@ -357,7 +456,9 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
                 let why = "a budget is set but the request names no max_tokens, so its \
                            answer cannot be bounded";
                 route.budget.lock().refused = Some(why.into());
-                route.record(refused_attempt());
+                route.record(refused_attempt(), || {
+                    plain_captured(StatusCode::PAYMENT_REQUIRED, why)
+                });
                 return plain(StatusCode::PAYMENT_REQUIRED, why);
             };
             let asked = json.get(field).and_then(Value::as_u64).unwrap_or(0);
@@ -368,24 +469,31 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
                 Ok(allowed) if allowed < asked => {
                     json.insert(field.to_owned(), Value::from(allowed));
                     max_tokens = Some(allowed);
-                    match serde_json::to_vec(&json) {
-                        Ok(v) => body = Bytes::from(v),
-                        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "re-encode"),
-                    }
+                    changed = true;
                 }
                 Ok(_) => max_tokens = Some(asked),
                 Err(why) => {
-                    route.record(refused_attempt());
+                    route.record(refused_attempt(), || {
+                        plain_captured(StatusCode::PAYMENT_REQUIRED, &why)
+                    });
                     return plain(StatusCode::PAYMENT_REQUIRED, &why);
                 }
             }
         } else if let Some(field) = field {
             max_tokens = json.get(field).and_then(Value::as_u64);
         }
+        if changed {
+            match serde_json::to_vec(&json) {
+                Ok(v) => body = Bytes::from(v),
+                Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "re-encode"),
+            }
+        }
     } else if route.budget.is_limited() {
         let why = "a budget is set but the request is not JSON, so it cannot be bounded";
         route.budget.lock().refused = Some(why.into());
-        route.record(refused_attempt());
+        route.record(refused_attempt(), || {
+            plain_captured(StatusCode::PAYMENT_REQUIRED, why)
+        });
         return plain(StatusCode::PAYMENT_REQUIRED, why);
     }
 
@@ -411,11 +519,6 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
-            route.record(Attempt {
-                status: None,
-                usage: TokenUsage::default(),
-                cost_usd: Some(0.0),
-            });
             // Never the URL's query or a header: only what kind of failure it was.
             let kind = if e.is_timeout() {
                 "timed out"
@@ -424,10 +527,16 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
             } else {
                 "failed"
             };
-            return plain(
-                StatusCode::BAD_GATEWAY,
-                &format!("the provider request {kind}"),
+            let message = format!("the provider request {kind}");
+            route.record(
+                Attempt {
+                    status: None,
+                    usage: TokenUsage::default(),
+                    cost_usd: Some(0.0),
+                },
+                || plain_captured(StatusCode::BAD_GATEWAY, &message),
             );
+            return plain(StatusCode::BAD_GATEWAY, &message);
         }
     };
     let status = upstream.status();
@@ -444,23 +553,36 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
 
     if !status.is_success() {
+        // The error body is small; reading it whole lets a replay quote it verbatim.
+        let bytes = read_capped(upstream, MAX_RESPONSE_BYTES)
+            .await
+            .unwrap_or_default();
         // Providers do not bill refused requests.
-        route.record(Attempt {
-            status: Some(status.as_u16()),
-            usage: TokenUsage::default(),
-            cost_usd: Some(0.0),
-        });
-        let bytes = upstream.bytes().await.unwrap_or_default();
+        route.record(
+            Attempt {
+                status: Some(status.as_u16()),
+                usage: TokenUsage::default(),
+                cost_usd: Some(0.0),
+            },
+            || Captured {
+                status: status.as_u16(),
+                body: bytes.clone(),
+            },
+        );
         return (status, out_headers, bytes).into_response();
     }
 
     if streaming {
         let route = route.clone();
-        let mut scanner = SseUsage::default();
+        let mut scanner = SseUsage {
+            answer: route.capture.then(StreamedAnswer::default),
+            ..SseUsage::default()
+        };
         let mut stream = upstream.bytes_stream();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
         tokio::spawn(async move {
             let mut response_bytes = 0u64;
+            let mut broke_off = false;
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(bytes) => {
@@ -471,19 +593,30 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
                         }
                     }
                     Err(e) => {
+                        broke_off = true;
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         break;
                     }
                 }
             }
-            let usage = scanner
-                .usage()
-                .unwrap_or_else(|| estimate(request_bytes, response_bytes, max_tokens));
-            route.record(Attempt {
-                status: Some(status.as_u16()),
-                cost_usd: route.price.map(|p| p.cost(&usage)),
-                usage,
-            });
+            let (usage, answer) = scanner.finish();
+            let usage =
+                usage.unwrap_or_else(|| estimate(request_bytes, response_bytes, max_tokens));
+            route.record(
+                Attempt {
+                    status: Some(status.as_u16()),
+                    cost_usd: route.price.map(|p| p.cost(&usage)),
+                    usage,
+                },
+                || match answer {
+                    // As a non-streamed answer cut off would be (see `read_capped`).
+                    _ if broke_off => {
+                        plain_captured(StatusCode::BAD_GATEWAY, "the provider's answer broke off")
+                    }
+                    Some(answer) => answer.into_captured(&usage),
+                    None => plain_captured(StatusCode::BAD_GATEWAY, "nothing was captured"),
+                },
+            );
         });
         let body = Body::from_stream(tokio_stream_from(rx));
         return (status, out_headers, body).into_response();
@@ -492,11 +625,14 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
     let bytes = match read_capped(upstream, MAX_RESPONSE_BYTES).await {
         Ok(b) => b,
         Err(why) => {
-            route.record(Attempt {
-                status: Some(status.as_u16()),
-                usage: estimate(request_bytes, MAX_RESPONSE_BYTES as u64, max_tokens),
-                cost_usd: None,
-            });
+            route.record(
+                Attempt {
+                    status: Some(status.as_u16()),
+                    usage: estimate(request_bytes, MAX_RESPONSE_BYTES as u64, max_tokens),
+                    cost_usd: None,
+                },
+                || plain_captured(StatusCode::BAD_GATEWAY, &why),
+            );
             return plain(StatusCode::BAD_GATEWAY, &why);
         }
     };
@@ -504,16 +640,48 @@ async fn forward(State(state): State<Arc<MeterState>>, req: Request) -> Response
         .ok()
         .and_then(|v| usage_of(&v["usage"]))
         .unwrap_or_else(|| estimate(request_bytes, bytes.len() as u64, max_tokens));
-    route.record(Attempt {
-        status: Some(status.as_u16()),
-        cost_usd: route.price.map(|p| p.cost(&usage)),
-        usage,
-    });
+    route.record(
+        Attempt {
+            status: Some(status.as_u16()),
+            cost_usd: route.price.map(|p| p.cost(&usage)),
+            usage,
+        },
+        || Captured {
+            status: status.as_u16(),
+            body: bytes.clone(),
+        },
+    );
     let mut response = (status, out_headers, bytes).into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     response
+}
+
+/// Adds `stream_options.include_usage` to an OpenAI-shaped streaming request that does not
+/// ask for it; says whether it did. Without it OpenAI (and the servers that copy its API)
+/// report no usage in a stream at all, so the call would be charged estimates — upper
+/// bounds that would eat a budget many times faster than the real figures. BAML asks by
+/// itself for provider `openai`, not for `openai-generic`. Servers that implement the
+/// chat completions API accept the option (vLLM, Ollama, llama.cpp, LiteLLM…); it changes
+/// nothing but one extra final chunk, which BAML ignores.
+fn ask_for_stream_usage(tail: &str, json: &mut serde_json::Map<String, Value>) -> bool {
+    let streaming = json.get("stream").and_then(Value::as_bool) == Some(true);
+    if !streaming || !tail.trim_end_matches('/').ends_with("chat/completions") {
+        return false;
+    }
+    let options = json
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Value::Object(options) = options else {
+        // Something we do not understand: leave it to the provider to judge.
+        return false;
+    };
+    if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
+        return false;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    true
 }
 
 fn refused_attempt() -> Attempt {
@@ -603,11 +771,156 @@ pub(crate) fn usage_of(u: &Value) -> Option<TokenUsage> {
     None
 }
 
-/// Finds the usage in a server-sent event stream as it passes.
+/// Finds the usage in a server-sent event stream as it passes, and assembles the answer
+/// when asked to.
 #[derive(Default)]
 struct SseUsage {
     line: Vec<u8>,
     usage: Option<TokenUsage>,
+    answer: Option<StreamedAnswer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+/// A streamed answer put back together: what the same request without `stream` would have
+/// returned, as far as BAML reads it (text, finish reason, usage).
+#[derive(Debug, Default)]
+struct StreamedAnswer {
+    shape: Option<Shape>,
+    id: Option<String>,
+    model: Option<String>,
+    text: String,
+    finish_reason: Option<String>,
+    /// An error event inside the stream (status it stands for, its data).
+    error: Option<(u16, Value)>,
+    too_long: bool,
+}
+
+impl StreamedAnswer {
+    fn push_text(&mut self, piece: &str) {
+        if self.text.len() + piece.len() > MAX_CAPTURED_TEXT {
+            self.too_long = true;
+        } else {
+            self.text.push_str(piece);
+        }
+    }
+
+    fn keep(slot: &mut Option<String>, value: &Value) {
+        if let Some(v) = value.as_str()
+            && slot.is_none()
+        {
+            *slot = Some(v.to_owned());
+        }
+    }
+
+    fn feed(&mut self, v: &Value) {
+        match v["type"].as_str() {
+            Some("message_start") => {
+                self.shape = Some(Shape::Anthropic);
+                Self::keep(&mut self.id, &v["message"]["id"]);
+                Self::keep(&mut self.model, &v["message"]["model"]);
+            }
+            Some("content_block_delta") => {
+                if let Some(text) = v["delta"]["text"].as_str() {
+                    self.push_text(text);
+                }
+            }
+            Some("message_delta") => {
+                if let Some(reason) = v["delta"]["stop_reason"].as_str() {
+                    self.finish_reason = Some(reason.to_owned());
+                }
+            }
+            // Anthropic reports failures that happen mid-answer (overload) as an event.
+            Some("error") => {
+                let status = match v["error"]["type"].as_str() {
+                    Some("overloaded_error") => 529,
+                    Some("rate_limit_error") => 429,
+                    _ => 500,
+                };
+                self.error = Some((status, v.clone()));
+            }
+            _ if v.get("choices").is_some() => {
+                self.shape = Some(Shape::OpenAi);
+                Self::keep(&mut self.id, &v["id"]);
+                Self::keep(&mut self.model, &v["model"]);
+                let choice = &v["choices"][0];
+                if let Some(text) = choice["delta"]["content"].as_str() {
+                    self.push_text(text);
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    self.finish_reason = Some(reason.to_owned());
+                }
+            }
+            // OpenAI-compatible servers send `{"error": {...}}` when a stream fails.
+            _ if v.get("error").is_some() => self.error = Some((500, v.clone())),
+            _ => {}
+        }
+    }
+
+    /// The non-streamed answer in the provider's own shape.
+    fn into_captured(self, usage: &TokenUsage) -> Captured {
+        if self.too_long {
+            return plain_captured(
+                StatusCode::BAD_GATEWAY,
+                &format!("the provider's answer exceeded {MAX_CAPTURED_TEXT} bytes"),
+            );
+        }
+        if let Some((status, body)) = self.error {
+            return Captured {
+                status,
+                body: Bytes::from(body.to_string()),
+            };
+        }
+        let id = self.id.unwrap_or_else(|| "builder-replay".into());
+        let model = self.model.unwrap_or_default();
+        let body = match self.shape {
+            Some(Shape::OpenAi) => serde_json::json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": self.finish_reason,
+                }],
+                "usage": {
+                    "prompt_tokens": usage.input_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "total_tokens": usage.total(),
+                },
+            }),
+            Some(Shape::Anthropic) => serde_json::json!({
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": self.text}],
+                "stop_reason": self.finish_reason,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": usage
+                        .input_tokens
+                        .saturating_sub(usage.cache_read_tokens + usage.cache_write_tokens),
+                    "output_tokens": usage.output_tokens,
+                },
+            }),
+            None => {
+                return plain_captured(
+                    StatusCode::BAD_GATEWAY,
+                    "the provider's stream held no answer",
+                );
+            }
+        };
+        Captured {
+            status: 200,
+            body: Bytes::from(body.to_string()),
+        }
+    }
 }
 
 impl SseUsage {
@@ -629,6 +942,9 @@ impl SseUsage {
         let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
             return;
         };
+        if let Some(answer) = &mut self.answer {
+            answer.feed(&v);
+        }
         match v["type"].as_str() {
             // Anthropic: input (and cache) figures first, cumulative output at the end.
             Some("message_start") => {
@@ -652,12 +968,18 @@ impl SseUsage {
         }
     }
 
-    fn usage(mut self) -> Option<TokenUsage> {
+    /// The usage found, and the assembled answer when one was asked for.
+    fn finish(mut self) -> (Option<TokenUsage>, Option<StreamedAnswer>) {
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.line_done(&line);
         }
-        self.usage
+        (self.usage, self.answer)
+    }
+
+    #[cfg(test)]
+    fn usage(self) -> Option<TokenUsage> {
+        self.finish().0
     }
 }
 
@@ -711,6 +1033,134 @@ mod tests {
         let mut s = SseUsage::default();
         s.feed(b"data: {not json\n\ndata: \xff\xfe\n");
         assert_eq!(s.usage(), None);
+    }
+
+    fn assembled(text: &str) -> (Option<TokenUsage>, Captured) {
+        let mut s = SseUsage {
+            answer: Some(StreamedAnswer::default()),
+            ..SseUsage::default()
+        };
+        for chunk in text.as_bytes().chunks(5) {
+            s.feed(chunk);
+        }
+        let (usage, answer) = s.finish();
+        let captured = answer.unwrap().into_captured(&usage.unwrap_or_default());
+        (usage, captured)
+    }
+
+    fn body(c: &Captured) -> Value {
+        serde_json::from_slice(&c.body).unwrap()
+    }
+
+    #[test]
+    fn streams_are_assembled_into_the_unstreamed_answer() {
+        let openai = "data: {\"id\":\"c1\",\"model\":\"gpt\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n\
+            data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"{\\\"a\\\": \"},\"finish_reason\":null}]}\n\n\
+            data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"1}\"},\"finish_reason\":null}]}\n\n\
+            data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\n\
+            data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let (usage, c) = assembled(openai);
+        assert_eq!(usage.map(|u| u.total()), Some(11));
+        assert_eq!(c.status, 200);
+        let b = body(&c);
+        assert_eq!(b["object"], "chat.completion");
+        assert_eq!(
+            (b["id"].as_str(), b["model"].as_str()),
+            (Some("c1"), Some("gpt"))
+        );
+        assert_eq!(b["choices"][0]["message"]["content"], "{\"a\": 1}");
+        assert_eq!(b["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(b["usage"]["completion_tokens"], 3);
+
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
+            event: ping\ndata: {\"type\":\"ping\"}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hé\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"llo\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"refusal\"},\"usage\":{\"output_tokens\":9}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let (_, c) = assembled(anthropic);
+        let b = body(&c);
+        assert_eq!((c.status, b["type"].as_str()), (200, Some("message")));
+        assert_eq!(
+            b["content"],
+            serde_json::json!([{"type": "text", "text": "héllo"}])
+        );
+        assert_eq!(b["stop_reason"], "refusal");
+        assert_eq!(
+            (
+                b["usage"]["input_tokens"].as_u64(),
+                b["usage"]["output_tokens"].as_u64()
+            ),
+            (Some(12), Some(9))
+        );
+
+        // An error in the middle of the answer replays as the error it stands for.
+        let overloaded = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1}}}\n\n\
+            event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let (_, c) = assembled(overloaded);
+        assert_eq!(c.status, 529);
+        assert_eq!(body(&c)["error"]["message"], "Overloaded");
+
+        // Nothing recognisable: a gateway error, as for an answer that broke off.
+        let (_, c) = assembled("data: [DONE]\n\n");
+        assert_eq!(c.status, 502);
+        assert!(
+            body(&c)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no answer")
+        );
+    }
+
+    #[test]
+    fn an_answer_too_long_to_keep_is_a_gateway_error() {
+        let mut a = StreamedAnswer::default();
+        a.feed(&serde_json::json!({"choices": [{"delta": {"content": "x".repeat(MAX_CAPTURED_TEXT)}}]}));
+        a.feed(&serde_json::json!({"choices": [{"delta": {"content": "y"}}]}));
+        let c = a.into_captured(&TokenUsage::default());
+        assert_eq!(c.status, 502);
+        assert!(
+            body(&c)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exceeded")
+        );
+    }
+
+    #[test]
+    fn openai_streams_are_asked_for_their_usage() {
+        let ask = |tail: &str, v: Value| {
+            let Value::Object(mut m) = v else { panic!() };
+            let changed = ask_for_stream_usage(tail, &mut m);
+            (changed, Value::Object(m))
+        };
+        let (changed, v) = ask("chat/completions", json!({"stream": true, "model": "m"}));
+        assert!(changed);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        // Other options are kept; an explicit `false` is overridden.
+        let (changed, v) = ask(
+            "v1/chat/completions",
+            json!({"stream": true, "stream_options": {"include_usage": false, "x": 1}}),
+        );
+        assert!(changed);
+        assert_eq!(v["stream_options"], json!({"include_usage": true, "x": 1}));
+        for (tail, body) in [
+            (
+                "chat/completions",
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            ),
+            ("chat/completions", json!({"stream": false})),
+            ("chat/completions", json!({"model": "m"})),
+            ("v1/messages", json!({"stream": true})),
+            (
+                "chat/completions",
+                json!({"stream": true, "stream_options": "odd"}),
+            ),
+        ] {
+            let (changed, after) = ask(tail, body.clone());
+            assert!(!changed, "{tail} {body}");
+            assert_eq!(after, body);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn baml_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../baml_src")
 }
 
-fn config() -> SidecarConfig {
+pub(crate) fn config() -> SidecarConfig {
     let mut config = SidecarConfig::new(baml_src());
     if let Some(cli) = std::env::var_os("BAML_CLI") {
         config.baml_cli = cli.into();
@@ -24,17 +24,17 @@ fn config() -> SidecarConfig {
     config
 }
 
-async fn sidecar() -> Sidecar {
+pub(crate) async fn sidecar() -> Sidecar {
     Sidecar::start(config())
         .await
         .expect("baml-cli sidecar starts")
 }
 
-fn fresh_key() -> String {
+pub(crate) fn fresh_key() -> String {
     format!("sk-test-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
-fn openai(server: &Running, key: &str) -> LlmSettings {
+pub(crate) fn openai(server: &Running, key: &str) -> LlmSettings {
     LlmSettings {
         provider: "openai".into(),
         model: "gpt-scripted".into(),
@@ -45,7 +45,7 @@ fn openai(server: &Running, key: &str) -> LlmSettings {
     }
 }
 
-fn anthropic(server: &Running, key: &str) -> LlmSettings {
+pub(crate) fn anthropic(server: &Running, key: &str) -> LlmSettings {
     LlmSettings {
         provider: "anthropic".into(),
         model: "claude-scripted".into(),
@@ -56,14 +56,14 @@ fn anthropic(server: &Running, key: &str) -> LlmSettings {
     }
 }
 
-fn fast_retries() -> RetryPolicy {
+pub(crate) fn fast_retries() -> RetryPolicy {
     RetryPolicy {
         backoff: Duration::from_millis(20),
         ..RetryPolicy::default()
     }
 }
 
-fn request() -> FeatureRequest {
+pub(crate) fn request() -> FeatureRequest {
     FeatureRequest {
         title: "Add a /health endpoint".into(),
         description: "GET /health answers 200 ok".into(),
@@ -72,7 +72,7 @@ fn request() -> FeatureRequest {
     }
 }
 
-fn context() -> RepoContext {
+pub(crate) fn context() -> RepoContext {
     RepoContext {
         languages: vec!["rust".into()],
         build_command: Some("cargo build".into()),
@@ -85,11 +85,11 @@ fn context() -> RepoContext {
     }
 }
 
-const ANALYSIS: &str = r#"{"summary": "add a route", "affected_files": ["src/main.rs"], "risks": ["none"], "acceptance_interpretation": ["curl /health gives ok"]}"#;
+pub(crate) const ANALYSIS: &str = r#"{"summary": "add a route", "affected_files": ["src/main.rs"], "risks": ["none"], "acceptance_interpretation": ["curl /health gives ok"]}"#;
 // Models often wrap JSON in prose and fences; BAML's parser copes.
-const PLAN: &str = "Here is the plan:\n```json\n{\"summary\": \"one step\", \"steps\": [{\"index\": 0, \"description\": \"add fn\", \"step_type\": \"MODIFY_FILE\", \"target_files\": [\"src/main.rs\"], \"dependencies\": []}, {\"index\": 1, \"description\": \"test it\", \"step_type\": \"TEST\", \"target_files\": [\"tests/health.rs\"], \"dependencies\": [0]}], \"affected_files\": [\"src/main.rs\"]}\n```";
-const EDITS: &str = r##"{"summary": "adds health", "edits": [{"path": "src/main.rs", "action": "SEARCH_REPLACE", "search": "fn main() {}", "replace": "fn health() -> &'static str { \"ok\" }\nfn main() {}"}, {"path": "tests/health.rs", "action": "CREATE", "content": "#[test]\nfn t() {}\n"}]}"##;
-const REVIEW: &str = r#"{"approved": true, "reasons": ["tests pass"]}"#;
+pub(crate) const PLAN: &str = "Here is the plan:\n```json\n{\"summary\": \"one step\", \"steps\": [{\"index\": 0, \"description\": \"add fn\", \"step_type\": \"MODIFY_FILE\", \"target_files\": [\"src/main.rs\"], \"dependencies\": []}, {\"index\": 1, \"description\": \"test it\", \"step_type\": \"TEST\", \"target_files\": [\"tests/health.rs\"], \"dependencies\": [0]}], \"affected_files\": [\"src/main.rs\"]}\n```";
+pub(crate) const EDITS: &str = r##"{"summary": "adds health", "edits": [{"path": "src/main.rs", "action": "SEARCH_REPLACE", "search": "fn main() {}", "replace": "fn health() -> &'static str { \"ok\" }\nfn main() {}"}, {"path": "tests/health.rs", "action": "CREATE", "content": "#[test]\nfn t() {}\n"}]}"##;
+pub(crate) const REVIEW: &str = r#"{"approved": true, "reasons": ["tests pass"]}"#;
 
 fn four_answers() -> Vec<Entry> {
     vec![
@@ -100,11 +100,11 @@ fn four_answers() -> Vec<Entry> {
     ]
 }
 
-fn analysis() -> Analysis {
+pub(crate) fn analysis() -> Analysis {
     serde_json::from_str(ANALYSIS).unwrap()
 }
 
-fn plan() -> Plan {
+pub(crate) fn plan() -> Plan {
     Plan {
         summary: "one step".into(),
         steps: vec![PlanStep {
@@ -642,7 +642,7 @@ async fn an_unreachable_provider_is_transient() {
     );
 }
 
-fn prices() -> crate::PriceTable {
+pub(crate) fn prices() -> crate::PriceTable {
     crate::PriceTable::new([
         (
             "gpt-scripted".to_string(),
