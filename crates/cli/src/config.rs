@@ -23,6 +23,8 @@ pub struct Config {
     pub baml_src: Option<PathBuf>,
     pub baml_cli: PathBuf,
     pub keep_workspaces: bool,
+    /// BUILDER_LLM_STREAM: record the model's partial answers as it writes (default on).
+    pub llm_stream: bool,
     /// BUILDER_VERIFY_BASELINE: tolerate (default), strict or off.
     pub baseline_mode: builder_worker::BaselineMode,
     pub max_concurrent_sandboxes: usize,
@@ -169,6 +171,7 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("baml-cli")),
             keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
+            llm_stream: boolean("BUILDER_LLM_STREAM", true)?,
             baseline_mode: var("BUILDER_VERIFY_BASELINE")
                 .unwrap_or_default()
                 .parse()

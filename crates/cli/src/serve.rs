@@ -257,6 +257,7 @@ pub async fn serve(config: Config) -> Result<()> {
             keep_workspaces: config.keep_workspaces,
             cache_base: config.data_dir.join("cache"),
             baseline_mode: config.baseline_mode,
+            llm_stream: config.llm_stream,
             max_concurrent_sandboxes: config.max_concurrent_sandboxes,
             max_concurrent_llm_calls: config.max_concurrent_llm_calls,
             step_timeout: config.step_timeout,

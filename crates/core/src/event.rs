@@ -245,6 +245,18 @@ pub enum Event {
         #[serde(default)]
         usage: LlmUsage,
     },
+    /// What the model has written so far of a call's answer (rate-limited by the worker).
+    #[serde(rename = "llm.output.partial")]
+    LlmOutputPartial {
+        function: String,
+        /// The provider request this belongs to; a new value means the answer restarted.
+        attempt: u32,
+        /// Length of the partial answer as JSON.
+        chars: u64,
+        /// The partial answer (fields not yet written are null); left out when large.
+        #[serde(default)]
+        partial: Option<serde_json::Value>,
+    },
     #[serde(rename = "plan.step.defined")]
     PlanStepDefined { step: PlanStep },
     #[serde(rename = "plan.generated")]
@@ -559,6 +571,9 @@ impl Event {
                     )
                 }
             }
+            LlmOutputPartial {
+                function, chars, ..
+            } => format!("LLM {function} writing… ({chars} characters so far)"),
             PlanStepDefined { step } => format!(
                 "plan step {}: [{}] {}",
                 step.index, step.step_type, step.description

@@ -387,7 +387,7 @@ impl Feature {
                 self.require(self.analysis_done, event, "analysis has not completed")?;
                 self.state = S::Planning;
             }
-            LlmInvocationStarted { .. } => {
+            LlmInvocationStarted { .. } | LlmOutputPartial { .. } => {
                 self.in_states(
                     event,
                     &[S::Analyzing, S::Planning, S::Executing, S::Verifying],

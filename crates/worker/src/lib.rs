@@ -55,6 +55,8 @@ pub struct WorkerConfig {
     /// Build caches: per feature (kept across its repair iterations) and per repository
     /// (package downloads, shared by its features).
     pub cache_base: PathBuf,
+    /// Stream LLM answers and record partial output as events (`BUILDER_LLM_STREAM`).
+    pub llm_stream: bool,
     /// What the baseline run on the untouched copy is for (`BUILDER_VERIFY_BASELINE`).
     pub baseline_mode: BaselineMode,
 }

@@ -22,6 +22,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// `llm.output.partial` events recorded per LLM call at most.
+const MAX_PARTIAL_EVENTS: usize = 40;
+/// Partial answers larger than this are recorded by their length only.
+const PARTIAL_EVENT_CHARS: usize = 16 * 1024;
+
+/// The next message of an optional channel; never, without one.
+async fn next<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Attempts of a git network operation before a transient failure fails the feature.
 const MAX_ATTEMPTS: u32 = 4;
 
@@ -38,12 +51,15 @@ pub(crate) async fn run(
     step: NextStep,
 ) -> Result<(), StepError> {
     let (retry_tx, retry_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (partial_tx, partial_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut run = Run {
         w,
         feature,
         events,
         retry_tx,
         retry_rx: Some(retry_rx),
+        partial_tx,
+        partial_rx: Some(partial_rx),
         ledger: UsageLedger::new(),
         llm_label: (String::new(), String::new()),
     };
@@ -66,6 +82,8 @@ struct Run<'a> {
     /// The LLM client reports each retried attempt here; `call` records them as events.
     retry_tx: tokio::sync::mpsc::UnboundedSender<builder_llm::RetryNotice>,
     retry_rx: Option<tokio::sync::mpsc::UnboundedReceiver<builder_llm::RetryNotice>>,
+    partial_tx: tokio::sync::mpsc::UnboundedSender<builder_llm::Partial>,
+    partial_rx: Option<tokio::sync::mpsc::UnboundedReceiver<builder_llm::Partial>>,
     /// The usage of the current client's calls (set by [`Run::llm`]).
     ledger: UsageLedger,
     /// Provider and model asked first by the current client.
@@ -311,12 +329,17 @@ impl Run<'_> {
         let budget = self.budget(&config, repo.as_ref()).await?;
         self.llm_label = (chain[0].provider.clone(), chain[0].model.clone());
         self.ledger = UsageLedger::new();
-        Ok(sidecar
+        let client = sidecar
             .client_chain(chain)
             .with_prices(config.prices.clone())
             .with_budget(budget)
             .with_ledger(self.ledger.clone())
-            .with_retry_observer(self.retry_tx.clone()))
+            .with_retry_observer(self.retry_tx.clone());
+        Ok(if self.w.config.llm_stream {
+            client.with_partial_observer(self.partial_tx.clone())
+        } else {
+            client
+        })
     }
 
     /// What the feature may still spend: `constraints.max_llm_tokens`, its cost cap and its
@@ -420,28 +443,44 @@ impl Run<'_> {
         // Each retried attempt (429, overload, unparseable output) becomes a `step.retrying`
         // event while the call goes on.
         let mut notices = self.retry_rx.take();
+        // Partial answers become `llm.output.partial` events as the model writes.
+        let mut partials = self.partial_rx.take();
+        let mut partial_events = 0usize;
         let mut fut = std::pin::pin!(fut);
         let result = loop {
-            let notice = match notices.as_mut() {
-                Some(rx) => tokio::select! {
-                    r = &mut fut => break r,
-                    n = rx.recv() => n,
-                },
-                None => break fut.await,
-            };
-            if let Some(n) = notice {
-                let event = Event::StepRetrying {
+            let event = tokio::select! {
+                r = &mut fut => break r,
+                Some(n) = next(&mut notices) => Event::StepRetrying {
                     step: format!("LLM {}", n.function),
                     attempt: n.attempt,
                     error: n.error,
                     delay_ms: n.delay_ms,
-                };
-                if let Err(e) = self.emit(vec![event]).await {
-                    self.retry_rx = notices;
-                    return Err(e);
-                }
+                },
+                Some(p) = next(&mut partials) => {
+                    // The client sends at most one every interval; this bounds a long answer.
+                    partial_events += 1;
+                    if partial_events > MAX_PARTIAL_EVENTS {
+                        continue;
+                    }
+                    Event::LlmOutputPartial {
+                        function: p.function.to_string(),
+                        attempt: p.attempt,
+                        chars: p.chars as u64,
+                        partial: (p.chars <= PARTIAL_EVENT_CHARS).then_some(p.value),
+                    }
+                },
+            };
+            if let Err(e) = self.emit(vec![event]).await {
+                self.retry_rx = notices;
+                self.partial_rx = partials;
+                return Err(e);
             }
         };
+        // A partial that raced the answer is superseded by it.
+        if let Some(rx) = partials.as_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+        self.partial_rx = partials;
         // Notices sent just before the call returned still belong to it.
         let mut late = Vec::new();
         if let Some(rx) = notices.as_mut() {
