@@ -16,6 +16,9 @@ pub struct Config {
     pub clone_timeout: Duration,
     pub op_timeout: Duration,
     pub sandbox_runtime: String,
+    /// SANDBOX_NETWORK_EGRESS_WHITELIST: hosts sandboxed commands may reach through
+    /// builder's proxy (empty: no network at all).
+    pub egress_allow: Vec<builder_sandbox::HostPattern>,
     pub sandbox_timeout: Duration,
     pub sandbox_memory_mb: Option<u64>,
     pub sandbox_cpu: Option<f32>,
@@ -162,6 +165,10 @@ impl Config {
             clone_timeout: secs("GIT_CLONE_TIMEOUT_SECONDS", 600)?,
             op_timeout: secs("GIT_OPERATION_TIMEOUT_SECONDS", 120)?,
             sandbox_runtime: var("SANDBOX_RUNTIME").unwrap_or_else(|| "bwrap".into()),
+            egress_allow: builder_sandbox::parse_allow_list(
+                &var("SANDBOX_NETWORK_EGRESS_WHITELIST").unwrap_or_default(),
+            )
+            .context("SANDBOX_NETWORK_EGRESS_WHITELIST")?,
             sandbox_timeout: secs("SANDBOX_TIMEOUT_SECONDS", 600)?,
             sandbox_memory_mb,
             sandbox_cpu,

@@ -140,7 +140,21 @@ enum FeatureCommand {
     },
 }
 
+/// The hidden subcommand that runs inside each sandbox: it applies Landlock before starting
+/// the command, and bridges the egress proxy into the sandbox's network namespace.
+pub(crate) const SANDBOX_HELPER: &str = "__sandbox-helper";
+
 fn main() -> std::process::ExitCode {
+    // Before clap, logging or a runtime: the helper's stdout is a protocol, and Landlock
+    // restricts only the calling thread.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == SANDBOX_HELPER)
+    {
+        let Err(e) = builder_sandbox::helper_main(std::env::args_os().skip(2));
+        eprintln!("builder sandbox helper: {e}");
+        return std::process::ExitCode::from(e.exit_code());
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

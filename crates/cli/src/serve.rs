@@ -134,14 +134,37 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     tracing::info!(store = backend_name, data_dir = %config.data_dir.display(), "store ready");
 
+    // builder itself is the program that applies Landlock and bridges the egress proxy
+    // inside each sandbox (its hidden `__sandbox-helper` subcommand).
+    let helper =
+        std::env::current_exe().context("locating the builder executable (the sandbox helper)")?;
+    let options = builder_sandbox::RuntimeOptions {
+        helper: Some(
+            builder_sandbox::HelperProgram::new(helper).with_args_prefix([crate::SANDBOX_HELPER]),
+        ),
+        egress_allow: config.egress_allow.clone(),
+        // Landlock filters TCP by port only, so it cannot allow "loopback only": the empty
+        // network namespace already confines TCP, and tests that start a local server
+        // (httptest, supertest, 127.0.0.1:0) keep working.
+        landlock_tcp: builder_sandbox::LandlockTcp::Namespace,
+    };
     let sandbox: Arc<dyn builder_sandbox::SandboxRuntime> = Arc::from(
-        builder_sandbox::runtime_from_name(&config.sandbox_runtime).with_context(|| {
-            format!(
-                "SANDBOX_RUNTIME={:?} cannot be used",
-                config.sandbox_runtime
-            )
-        })?,
+        builder_sandbox::runtime_with_options(&config.sandbox_runtime, &options).with_context(
+            || {
+                format!(
+                    "SANDBOX_RUNTIME={:?} cannot be used (SANDBOX_NETWORK_EGRESS_WHITELIST: {} host(s))",
+                    config.sandbox_runtime,
+                    config.egress_allow.len()
+                )
+            },
+        )?,
     );
+    if !config.egress_allow.is_empty() {
+        tracing::info!(
+            allow = ?config.egress_allow.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "sandbox egress: only these hosts, through builder's proxy; every refusal is recorded"
+        );
+    }
     if config.sandbox_runtime == "process" {
         tracing::warn!(
             "SANDBOX_RUNTIME=process: builds and tests run WITHOUT ISOLATION on this host"

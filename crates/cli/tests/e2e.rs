@@ -290,7 +290,10 @@ async fn delivers_with_a_repair(database_url: Option<String>) {
     let (_root, bare, git) = repo_fixture();
     let llm = llm_script_server::start(Script::new(vec![
         Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        // Written slowly enough that the stream shows it half-done.
+        Entry::text(PLAN)
+            .when_contains("Task: PlanFeature")
+            .chunk_delay_ms(5),
         Entry::text(WRONG_EDIT).when_contains("Task: GenerateEdits"),
         Entry::text(FIX_EDIT).when_contains("Task: GenerateEdits"),
         Entry::text(APPROVE).when_contains("Task: ValidateChange"),
@@ -1811,5 +1814,137 @@ async fn a_failure_that_predates_the_feature_does_not_block_delivery() {
         )
         .unwrap()
         .contains("def greet")
+    );
+}
+
+/// A package registry on loopback, serving one module over plain HTTP.
+fn fake_registry() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    // 127.0.0.2, not .1: the sandbox sends 127.0.0.1 past the proxy (NO_PROXY) so that a
+    // repository's own test servers work, and this registry must go through it.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "WORD = 'Hello'\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/x-python\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, hits)
+}
+
+/// Issue 6: a repository whose tests need a registry delivers only when that registry is on
+/// SANDBOX_NETWORK_EGRESS_WHITELIST; otherwise the refused connection is in the events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_that_needs_a_registry_passes_only_when_it_is_allowed() {
+    let (port, hits) = fake_registry();
+    // The tests fetch a module from the registry into the sandbox's private /tmp.
+    let fetch = format!(
+        "python3 -c \\\"import urllib.request; open('/tmp/registry_word.py', 'wb').write(urllib.request.urlopen('http://127.0.0.2:{port}/registry_word.py', timeout=10).read())\\\" && PYTHONPATH=/tmp python3 -m pytest -q -p no:cacheprovider"
+    );
+    let builder_toml = format!("[commands]\ntest = \"{fetch}\"\n");
+    let test_word =
+        "from registry_word import WORD\n\n\ndef test_word():\n    assert WORD == 'Hello'\n";
+    let root = tempfile::tempdir().unwrap();
+    make_bare_repo(
+        root.path(),
+        "app",
+        &[
+            ("calc.py", CALC),
+            ("tests/test_calc.py", TEST_CALC),
+            ("tests/test_word.py", test_word),
+            (".builder.toml", &builder_toml),
+        ],
+    )
+    .unwrap();
+    let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
+    let answers = || {
+        vec![
+            Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+            Entry::text(PLAN).when_contains("Task: PlanFeature"),
+            Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
+            Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+        ]
+    };
+
+    // Allowed: the registry is reached through builder's proxy and the feature delivers.
+    let llm = llm_script_server::start(Script::new(answers()))
+        .await
+        .unwrap();
+    let mut env = llm_env(&llm);
+    env.push((
+        "SANDBOX_NETWORK_EGRESS_WHITELIST",
+        format!("127.0.0.2:{port}"),
+    ));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(
+        execution["state"],
+        "COMPLETED",
+        "{:?}",
+        events(&server, &id)
+            .iter()
+            .filter(|e| e["type"] == "tests.completed")
+            .map(|e| e["payload"].to_string())
+            .collect::<Vec<_>>()
+    );
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let delivered = events(&server, &id);
+    let run = delivered
+        .iter()
+        .rfind(|e| e["type"] == "tests.completed")
+        .unwrap();
+    assert_eq!(run["payload"]["passed"].as_f64(), Some(3.0), "{run}");
+    drop(server);
+
+    // Not on the list (another host is): refused by the proxy, recorded, not delivered.
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let llm = llm_script_server::start(Script::new((0..4).flat_map(|_| answers()).collect()))
+        .await
+        .unwrap();
+    let mut env = llm_env(&llm);
+    env.push((
+        "SANDBOX_NETWORK_EGRESS_WHITELIST",
+        "registry.example.org".to_string(),
+    ));
+    env.push(("BUILDER_MAX_REPAIR_ITERATIONS", "1".to_string()));
+    let server = start_server(&env);
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "FAILED", "{execution}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the registry was never reached"
+    );
+    let refused: Vec<String> = events(&server, &id)
+        .iter()
+        .filter(|e| e["type"] == "tests.completed")
+        .flat_map(|e| {
+            e["payload"]["egress_refused"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains(&format!("127.0.0.2:{port}"))),
+        "{refused:?}"
     );
 }

@@ -10,6 +10,13 @@
 //! the bridge program ([`crate::run_net_bridge`]) in the background, waits for its `ready`
 //! line, then `exec`s the command; the bridge forwards `127.0.0.1:3128` to the socket and
 //! dies with the sandbox's PID namespace.
+//!
+//! With Landlock (`with_landlock`) bwrap starts the helper program's `exec` subcommand in
+//! place of the command: it restricts itself (`crate::landlock`: writes only to the working
+//! copy, `writable_extra`, `/tmp` and a few `/dev` nodes; TCP only to the egress bridge)
+//! and then execs `/bin/sh -c` (with egress, the egress wrapper, so the bridge runs inside
+//! the Landlock domain too). bwrap's seccomp filter is loaded before the helper runs; it
+//! leaves the Landlock system calls alone.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,19 +25,21 @@ use std::sync::Arc;
 
 use crate::egress::{EgressConfig, HostPattern, Policy};
 use crate::exec::{CheckedSpec, RunLimits, check_spec, common_enforced, supervise};
+use crate::helper::HELPER_EXEC;
+use crate::landlock::{LandlockConfig, LandlockTcp};
 use crate::proxy::ProxyRun;
 use crate::toolchain::Toolchains;
 use crate::{CommandSpec, RunFuture, SandboxError, SandboxRuntime};
 
 /// Top-level system paths exposed read-only (or recreated as the symlinks they are).
-const SYSTEM_PATHS: &[&str] = &[
+pub(crate) const SYSTEM_PATHS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
 ];
 
 /// What toolchains need from `/etc`: the dynamic linker cache, `cc` alternatives, CA
 /// certificates, user and name-service basics. Not the rest: `/etc` can hold credentials
 /// (`pip.conf`, `npmrc`, `gitconfig` with helpers, service configs).
-const ETC_ALLOW: &[&str] = &[
+pub(crate) const ETC_ALLOW: &[&str] = &[
     "alternatives",
     "ld.so.cache",
     "ld.so.conf",
@@ -58,13 +67,15 @@ const ETC_ALLOW: &[&str] = &[
 ];
 
 /// Where the sandboxed command's HOME and TMPDIR point: the private tmpfs.
-const SANDBOX_HOME: &str = "/tmp";
+pub(crate) const SANDBOX_HOME: &str = "/tmp";
 
 /// Where the run's egress proxy directory (holding `proxy.sock`) appears in the sandbox.
 pub const EGRESS_SANDBOX_DIR: &str = "/run/builder-egress";
 /// The loopback address the bridge listens on inside the sandbox (its own namespace, so
 /// no port is ever taken; 3128 is outside the ephemeral range test servers get).
 pub const EGRESS_PROXY_ADDR: &str = "127.0.0.1:3128";
+/// The port of [`EGRESS_PROXY_ADDR`], the one TCP port Landlock leaves open with egress.
+const EGRESS_PROXY_PORT: u16 = 3128;
 
 /// Switches a build tool from offline to online; dropped from the base environment when an
 /// allow-list is set (a `CommandSpec::env` entry can set them again).
@@ -87,6 +98,22 @@ struct Egress {
     args_prefix: Vec<String>,
 }
 
+/// Whether the command starts through the Landlock launcher.
+#[derive(Debug, Clone)]
+enum Landlock {
+    /// No helper program configured: reported as `landlock=not configured`.
+    NotConfigured,
+    /// Configured, but the kernel has no Landlock: reported, the command runs without it.
+    KernelLacks,
+    On {
+        program: PathBuf,
+        args_prefix: Vec<String>,
+        tcp: LandlockTcp,
+        /// The kernel's Landlock ABI, which decides what is reported as enforced.
+        abi: u32,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct BwrapRuntime {
     bwrap: PathBuf,
@@ -100,6 +127,7 @@ pub struct BwrapRuntime {
     seccomp: bool,
     /// The egress allow-list and its bridge; `None`: no network at all.
     egress: Option<Arc<Egress>>,
+    landlock: Landlock,
 }
 
 impl BwrapRuntime {
@@ -122,6 +150,7 @@ impl BwrapRuntime {
             harden_userns: true,
             seccomp: crate::seccomp::program().is_some(),
             egress: None,
+            landlock: Landlock::NotConfigured,
         };
         tracing::info!("{}", crate::describe_limits());
         if rt.seccomp
@@ -202,6 +231,56 @@ impl BwrapRuntime {
         }));
         self.self_test().map_err(unusable)?;
         Ok(self)
+    }
+
+    /// Starts every command through the helper program's `exec` subcommand, which applies
+    /// Landlock to itself before exec'ing the command (see `crate::landlock`). On a kernel
+    /// without Landlock this logs a warning and runs without it, reporting
+    /// `landlock=unsupported by the kernel` in `unenforced_limits`. Fails when the program
+    /// is not an existing file or the launcher does not work in the sandbox (checked here,
+    /// once, by running `true` through it).
+    pub fn with_landlock(mut self, config: LandlockConfig) -> Result<Self, SandboxError> {
+        let unusable = |reason: String| SandboxError::Unavailable {
+            runtime: Self::NAME,
+            reason: format!("landlock: {reason}"),
+        };
+        let program = config
+            .helper
+            .program
+            .canonicalize()
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                unusable(format!(
+                    "helper program `{}` is not an existing file",
+                    config.helper.program.display()
+                ))
+            })?;
+        let Some(abi) = crate::landlock::landlock_abi() else {
+            tracing::warn!(
+                "this kernel has no Landlock (not built in or not enabled at boot): sandboxed \
+                 commands run without that second wall; runs report it as unenforced"
+            );
+            self.landlock = Landlock::KernelLacks;
+            return Ok(self);
+        };
+        self.landlock = Landlock::On {
+            program,
+            args_prefix: config.helper.args_prefix,
+            tcp: config.tcp,
+            abi,
+        };
+        self.self_test().map_err(unusable)?;
+        crate::landlock::mark_in_force();
+        Ok(self)
+    }
+
+    /// The kernel's Landlock ABI when commands run under Landlock; `None` otherwise.
+    pub fn landlock_abi(&self) -> Option<u32> {
+        match &self.landlock {
+            Landlock::On { abi, .. } => Some(*abi),
+            _ => None,
+        }
     }
 
     /// The egress allow-list in force (empty: no network).
@@ -310,6 +389,11 @@ impl BwrapRuntime {
             a.bind("--ro-bind", &e.program);
             a.flag("--ro-bind").path(dir).flag(EGRESS_SANDBOX_DIR);
         }
+        if let Landlock::On { program, .. } = &self.landlock
+            && egress.is_none_or(|(e, _)| e.program != *program)
+        {
+            a.bind("--ro-bind", program);
+        }
         a.bind("--bind", &checked.workdir);
         for p in &checked.writable_extra {
             a.bind("--bind", p);
@@ -331,7 +415,41 @@ impl BwrapRuntime {
         if let Some(fd) = seccomp_fd {
             a.flag("--seccomp").flag(fd.to_string());
         }
-        a.flag("--").flag("/bin/sh").flag("-c");
+        a.flag("--");
+        if let Landlock::On {
+            program,
+            args_prefix,
+            tcp,
+            ..
+        } = &self.landlock
+        {
+            a.path(program);
+            for p in args_prefix {
+                a.flag(p);
+            }
+            a.flag(HELPER_EXEC);
+            a.flag("--rw").path(&checked.workdir);
+            for p in &checked.writable_extra {
+                a.flag("--rw").path(p);
+            }
+            a.flag("--rw").flag("/tmp");
+            match (tcp, egress.is_some()) {
+                (LandlockTcp::Namespace, _) => {
+                    a.flag("--tcp-unrestricted");
+                }
+                // The bridge binds the port and the command's clients connect to it.
+                (LandlockTcp::BridgeOnly, true) => {
+                    let port = EGRESS_PROXY_PORT.to_string();
+                    a.flag("--tcp-bind")
+                        .flag(&port)
+                        .flag("--tcp-connect")
+                        .flag(&port);
+                }
+                (LandlockTcp::BridgeOnly, false) => {}
+            }
+            a.flag("--");
+        }
+        a.flag("/bin/sh").flag("-c");
         match egress {
             None => {
                 a.flag(&spec.command);
@@ -413,7 +531,22 @@ impl SandboxRuntime for BwrapRuntime {
             if let Some(mb) = spec.max_disk_mb {
                 enforced.push(format!("tmp={mb}MB"));
             }
-            let limits = RunLimits::prepare(spec, &checked).await;
+            let mut limits = RunLimits::prepare(spec, &checked).await;
+            match &self.landlock {
+                Landlock::NotConfigured => limits
+                    .unenforced
+                    .push("landlock=not configured".to_string()),
+                Landlock::KernelLacks => limits
+                    .unenforced
+                    .push("landlock=unsupported by the kernel".to_string()),
+                Landlock::On { tcp, abi, .. } => crate::landlock::report(
+                    *abi,
+                    *tcp,
+                    proxy.is_some(),
+                    &mut enforced,
+                    &mut limits.unenforced,
+                ),
+            }
             let run = supervise(cmd, spec, Self::NAME, enforced, limits);
             let Some(proxy) = proxy else {
                 return run.await;
@@ -527,5 +660,16 @@ impl Args {
             Ok(_) => self.bind("--ro-bind", p),
             Err(_) => self,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_port_is_the_proxy_address_port() {
+        let addr: std::net::SocketAddr = EGRESS_PROXY_ADDR.parse().unwrap();
+        assert_eq!(addr.port(), EGRESS_PROXY_PORT);
     }
 }

@@ -605,6 +605,9 @@ pub fn describe_limits() -> String {
             format!(", {} (cgroups under {})", on.join(", "), parents.join(", "))
         }
     );
+    // Before the cgroup part that is not enforced: callers split on that marker.
+    s.push_str("; ");
+    s.push_str(&crate::landlock::describe());
     if !off.is_empty() {
         s.push_str(&format!(
             "; NOT enforced: {} ({})",

@@ -469,6 +469,18 @@ pub struct EgressConfig {
     pub bridge_args_prefix: Vec<String>,
 }
 
+impl EgressConfig {
+    /// The allow-list with the bridge run by the helper program's `net-bridge` subcommand
+    /// (the same program that applies Landlock, see [`crate::helper_main`]).
+    pub fn with_helper(allow: Vec<HostPattern>, helper: &crate::HelperProgram) -> Self {
+        Self {
+            allow,
+            bridge_program: helper.program.clone(),
+            bridge_args_prefix: helper.net_bridge_prefix(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,7 +398,7 @@ mod tests {
             total,
             (0..10_000)
                 .map(|i| format!("line {i}\n").len() as u64)
-                .sum()
+                .sum::<u64>()
         );
     }
 

@@ -2,12 +2,42 @@
 //! LLM-proposed command) in isolation, with a time limit and a capped, tail-keeping output
 //! capture, and parses test-runner summaries into counts.
 //!
-//! The default runtime is bubblewrap (no network, read-only system, only the working copy
-//! writable, empty host environment, a seccomp deny-list as a second wall). Memory, pids
-//! and CPU limits go through a per-run cgroup (v1 or v2, see [`describe_limits`]); the disk
-//! cap through a sized private /tmp and a growth check of the writable directories.
-//! `ProcessRuntime` has no isolation (full network, no allow-list) and exists only as an
-//! explicit opt-in.
+//! Runtimes, all behind the object-safe [`SandboxRuntime`] trait (a [`CommandSpec`] in, an
+//! [`ExecOutcome`] out; dropping the future kills the command), picked by name with
+//! [`runtime_from_name`] / [`runtime_with_options`]:
+//!
+//! - `bwrap` ([`BwrapRuntime`], the default): bubblewrap namespaces (no network, no host
+//!   processes), read-only system, only the working copy writable, empty host environment,
+//!   a seccomp deny-list, and, with a helper program configured, Landlock as a second wall
+//!   ([`BwrapRuntime::with_landlock`]: writes only to the working copy, `writable_extra`,
+//!   `/tmp`; TCP only to the egress bridge). Without a helper, runs report
+//!   `landlock=not configured` in `unenforced_limits`.
+//! - `oci` / `crun` ([`OciRuntime`]): a per-run OCI bundle run by `crun` (same mounts,
+//!   namespaces, no capabilities, `no_new_privileges`, the deny-list as an OCI seccomp
+//!   profile). No egress allow-list and no Landlock (reported).
+//! - `process` ([`ProcessRuntime`]): no isolation (full network, no allow-list); an
+//!   explicit opt-in only.
+//!
+//! Memory, pids and CPU limits go through a per-run cgroup (v1 or v2, see
+//! [`describe_limits`]) for every runtime; the disk cap through a sized private /tmp and a
+//! growth check of the writable directories. What a runtime or host cannot enforce is
+//! listed in [`ExecOutcome::unenforced_limits`], never dropped silently.
+//!
+//! Future runtimes fit the trait unchanged. A microVM runtime (Firecracker) would boot a
+//! kernel and a read-only root image per run (or restore a snapshot for speed), get the
+//! working copy in and out (a virtio-blk image copied back, or virtiofs/9p sharing the
+//! directory, which `CommandSpec::workdir` already names), run the command through an
+//! in-guest agent over vsock (output, exit code; the in-sandbox helper program is the place
+//! for that agent), map `SandboxLimits` onto the VM's vCPU/memory size and its jailer's
+//! cgroup, and kill the VM on drop. gVisor (`runsc`) is an OCI runtime: it can take
+//! [`OciRuntime`]'s bundle as is (runsc drops the host seccomp profile in favour of its own
+//! syscall emulation, and its gofer serves the bind mounts); its cost is syscall overhead
+//! for build-heavy commands. Both would report what they enforce through the same
+//! `enforced_limits`/`unenforced_limits`.
+//!
+//! The helper program ([`helper_main`], the `sandbox-helper` binary or the `builder`
+//! binary's hidden subcommand, described by [`HelperProgram`]) runs inside the sandbox:
+//! `net-bridge` for the egress path, `exec` for Landlock.
 //!
 //! Network egress allow-list (`SANDBOX_NETWORK_EGRESS_WHITELIST`, parsed by
 //! [`parse_allow_list`], enabled by [`BwrapRuntime::with_egress`]): the sandbox keeps its
@@ -27,7 +57,10 @@ mod cgroup;
 mod disk;
 mod egress;
 mod exec;
+mod helper;
+mod landlock;
 mod netbridge;
+mod oci;
 mod process;
 mod proxy;
 mod seccomp;
@@ -45,7 +78,12 @@ pub use egress::{
     AllowListError, DEFAULT_EGRESS_PORTS, EgressConfig, EgressRefusal, HostPattern,
     MAX_REFUSALS_KEPT, parse_allow_list,
 };
+pub use helper::{
+    HELPER_EXEC, HELPER_NET_BRIDGE, HELPER_USAGE, HelperError, HelperProgram, helper_main,
+};
+pub use landlock::{DEV_WRITABLE, LandlockConfig, LandlockTcp, landlock_abi};
 pub use netbridge::{NET_BRIDGE_USAGE, NetBridgeError, run_net_bridge};
+pub use oci::OciRuntime;
 pub use process::ProcessRuntime;
 pub use testparse::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
 
@@ -161,7 +199,7 @@ pub enum SandboxError {
         runtime: &'static str,
         reason: String,
     },
-    #[error("unknown sandbox runtime `{0}` (expected `bwrap` or `process`)")]
+    #[error("unknown sandbox runtime `{0}` (expected `bwrap`, `oci` or `process`)")]
     UnknownRuntime(String),
     #[error("invalid command spec: {0}")]
     InvalidSpec(String),
@@ -184,10 +222,12 @@ pub trait SandboxRuntime: Send + Sync {
 }
 
 /// Picks a runtime by its configuration name (`SANDBOX_RUNTIME`): `bwrap` (also the empty
-/// string, the default) or `process` (no isolation, logged loudly).
+/// string, the default), `oci` or `crun` (containers of crun; `Unavailable` when crun is
+/// not installed or does not work here) or `process` (no isolation, logged loudly).
 pub fn runtime_from_name(name: &str) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
     match name.trim().to_ascii_lowercase().as_str() {
         "" | "bwrap" | "bubblewrap" => Ok(Box::new(BwrapRuntime::detect()?)),
+        "oci" | "crun" => Ok(Box::new(OciRuntime::detect()?)),
         "process" => {
             tracing::warn!(
                 "sandbox runtime `process` selected: commands of untrusted repositories run \
@@ -223,7 +263,80 @@ pub fn runtime_from_name_with_egress(
             }
             runtime_from_name(name)
         }
+        "oci" | "crun" => {
+            if egress.is_some() {
+                tracing::warn!(
+                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
+                     `oci`: its commands have no network at all"
+                );
+            }
+            runtime_from_name(name)
+        }
         _ => runtime_from_name(name),
+    }
+}
+
+/// What [`runtime_with_options`] configures beyond the runtime's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuntimeOptions {
+    /// The in-sandbox helper program (production: the `builder` binary with its hidden
+    /// subcommand as `args_prefix`). Under `bwrap` it turns Landlock on and runs the
+    /// egress bridge; `None`: no Landlock (reported as `landlock=not configured`).
+    pub helper: Option<HelperProgram>,
+    /// The egress allow-list (`SANDBOX_NETWORK_EGRESS_WHITELIST`); empty: no network.
+    /// Under `bwrap` it needs `helper`.
+    pub egress_allow: Vec<HostPattern>,
+    /// Landlock's TCP policy under `bwrap`.
+    pub landlock_tcp: LandlockTcp,
+}
+
+/// Picks a runtime by name as [`runtime_from_name`] does and applies `options`: under
+/// `bwrap`, Landlock through the helper and the egress allow-list with the bridge run by
+/// the same helper. The other runtimes cannot apply them; that is logged.
+pub fn runtime_with_options(
+    name: &str,
+    options: &RuntimeOptions,
+) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "bwrap" | "bubblewrap" => {
+            let mut rt = BwrapRuntime::detect()?;
+            if let Some(helper) = &options.helper {
+                rt = rt.with_landlock(LandlockConfig {
+                    helper: helper.clone(),
+                    tcp: options.landlock_tcp,
+                })?;
+            }
+            if !options.egress_allow.is_empty() {
+                let Some(helper) = &options.helper else {
+                    return Err(SandboxError::Unavailable {
+                        runtime: BwrapRuntime::NAME,
+                        reason: "network egress allow-list: no helper program configured to \
+                                 run the in-sandbox bridge"
+                            .into(),
+                    });
+                };
+                rt = rt.with_egress(EgressConfig::with_helper(
+                    options.egress_allow.clone(),
+                    helper,
+                ))?;
+            }
+            Ok(Box::new(rt))
+        }
+        other => {
+            if options.helper.is_some() && other != "process" {
+                tracing::info!(
+                    runtime = other,
+                    "the sandbox helper program (Landlock, egress bridge) is used by the bwrap \
+                     runtime only"
+                );
+            }
+            let egress = (!options.egress_allow.is_empty()).then(|| EgressConfig {
+                allow: options.egress_allow.clone(),
+                bridge_program: PathBuf::new(),
+                bridge_args_prefix: Vec::new(),
+            });
+            runtime_from_name_with_egress(name, egress)
+        }
     }
 }
 
@@ -270,6 +383,48 @@ mod tests {
         ));
         assert!(matches!(
             runtime_from_name_with_egress("docker", cfg("crates.io")),
+            Err(SandboxError::UnknownRuntime(_))
+        ));
+    }
+
+    #[test]
+    fn runtime_options() {
+        let allow = parse_allow_list("crates.io").unwrap();
+        // An allow-list under bwrap needs the helper that runs the bridge.
+        let no_helper = RuntimeOptions {
+            egress_allow: allow.clone(),
+            ..RuntimeOptions::default()
+        };
+        assert!(matches!(
+            runtime_with_options("bwrap", &no_helper),
+            Err(SandboxError::Unavailable { reason, .. }) if reason.contains("helper")
+        ));
+        let bad_helper = RuntimeOptions {
+            helper: Some(HelperProgram::new("/nonexistent/helper")),
+            ..RuntimeOptions::default()
+        };
+        assert!(matches!(
+            runtime_with_options("bwrap", &bad_helper),
+            Err(SandboxError::Unavailable { reason, .. }) if reason.contains("/nonexistent/helper")
+        ));
+        // `process` cannot apply either: logged, not an error.
+        let rt = runtime_with_options(
+            "process",
+            &RuntimeOptions {
+                egress_allow: allow,
+                ..bad_helper
+            },
+        )
+        .unwrap();
+        assert_eq!(rt.name(), ProcessRuntime::NAME);
+        assert_eq!(
+            runtime_with_options("", &RuntimeOptions::default())
+                .unwrap()
+                .name(),
+            "bwrap"
+        );
+        assert!(matches!(
+            runtime_with_options("docker", &RuntimeOptions::default()),
             Err(SandboxError::UnknownRuntime(_))
         ));
     }

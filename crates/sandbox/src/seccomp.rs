@@ -14,48 +14,69 @@ const AUDIT_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7;
 
+/// Denied system calls: name (as OCI seccomp profiles and libseccomp spell it) and number
+/// on this architecture.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn denied_table() -> Vec<(&'static str, libc::c_long)> {
+    let mut v: Vec<(&'static str, libc::c_long)> = vec![
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("bpf", libc::SYS_bpf),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("userfaultfd", libc::SYS_userfaultfd),
+        ("add_key", libc::SYS_add_key),
+        ("request_key", libc::SYS_request_key),
+        ("keyctl", libc::SYS_keyctl),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("mount", libc::SYS_mount),
+        ("umount2", libc::SYS_umount2),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("setns", libc::SYS_setns),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+        ("reboot", libc::SYS_reboot),
+        ("acct", libc::SYS_acct),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("name_to_handle_at", libc::SYS_name_to_handle_at),
+        ("quotactl", libc::SYS_quotactl),
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        ("io_uring_enter", libc::SYS_io_uring_enter),
+        ("io_uring_register", libc::SYS_io_uring_register),
+        ("fsopen", libc::SYS_fsopen),
+        ("fsmount", libc::SYS_fsmount),
+        ("move_mount", libc::SYS_move_mount),
+        ("open_tree", libc::SYS_open_tree),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([("iopl", libc::SYS_iopl), ("ioperm", libc::SYS_ioperm)]);
+    v
+}
+
 /// Denied system calls, by number on this architecture.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn denied() -> Vec<u32> {
-    let mut v: Vec<libc::c_long> = vec![
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_userfaultfd,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_keyctl,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_setns,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_reboot,
-        libc::SYS_acct,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_quotactl,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_fsopen,
-        libc::SYS_fsmount,
-        libc::SYS_move_mount,
-        libc::SYS_open_tree,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    v.extend([libc::SYS_iopl, libc::SYS_ioperm]);
-    v.into_iter()
-        .filter_map(|n| u32::try_from(n).ok())
+    denied_table()
+        .into_iter()
+        .filter_map(|(_, n)| u32::try_from(n).ok())
         .collect()
+}
+
+/// The deny-list by name, for runtimes that take an OCI seccomp profile; empty on
+/// architectures this module has no table for.
+pub(crate) fn denied_names() -> Vec<&'static str> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        denied_table().into_iter().map(|(n, _)| n).collect()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Vec::new()
+    }
 }
 
 const LD_W_ABS: u16 = 0x20;

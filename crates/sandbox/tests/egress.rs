@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::{bwrap, host_dir, processes_mentioning, run, spec};
+use common::{bwrap, bwrap_without_landlock, helper, host_dir, processes_mentioning, run, spec};
 
 use builder_sandbox::{
-    BwrapRuntime, EgressConfig, ExecOutcome, SandboxError, SandboxRuntime, parse_allow_list,
+    BwrapRuntime, EgressConfig, ExecOutcome, LandlockConfig, SandboxError, SandboxRuntime,
+    parse_allow_list,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -444,6 +445,53 @@ async fn a_bridge_that_cannot_start_is_refused_at_configuration() {
     let mut bad = cfg(BRIDGE);
     bad.bridge_args_prefix = vec!["--bogus".into()];
     assert!(bwrap().with_egress(bad).is_err());
+}
+
+/// Production's shape: one helper program runs the bridge (`net-bridge`) and the Landlock
+/// launcher (`exec`); Landlock leaves TCP open only to the bridge's port.
+#[tokio::test]
+async fn one_helper_program_runs_the_bridge_and_the_landlock_launcher() {
+    let _serial = SERIAL.lock().await;
+    let (port, seen) = http_server().await;
+    let dirs_before = egress_dirs();
+    let rt = bwrap_without_landlock()
+        .with_landlock(LandlockConfig::new(helper()))
+        .unwrap()
+        .with_egress(EgressConfig::with_helper(
+            parse_allow_list(&format!("127.0.0.1:{port}")).unwrap(),
+            &helper(),
+        ))
+        .unwrap();
+    let dir = host_dir();
+    let cmd = format!(
+        "curl -sS --max-time 20 http://127.0.0.1:{port}/via-helper; echo; \
+         python3 -c 'import socket; socket.socket().bind((\"127.0.0.1\", 0))' 2>&1 | tail -1; \
+         (bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo DIRECT_CONNECTED \
+          || echo DIRECT_REFUSED); ps -eo args | grep -c '^[^ ]*sandbox-helper net-bridge'"
+    );
+    let out = run(&rt, &spec(dir.path(), &cmd)).await;
+    assert!(out.success(), "{out:?}");
+    assert!(out.output.contains("hello from host"), "{}", out.output);
+    assert!(
+        out.output.contains("PermissionError: [Errno 13]"),
+        "landlock refuses other TCP binds: {}",
+        out.output
+    );
+    assert!(out.output.contains("DIRECT_REFUSED"), "{}", out.output);
+    assert!(out.output.ends_with("1\n"), "one bridge: {}", out.output);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.starts_with("GET /via-helper ")),
+    );
+    for l in [
+        "landlock-tcp=bridge-port-only",
+        "network=allow-list(1 hosts) via proxy",
+    ] {
+        assert!(out.enforced_limits.iter().any(|e| e == l), "{l}: {out:?}");
+    }
+    assert_eq!(egress_dirs(), dirs_before);
 }
 
 #[test]

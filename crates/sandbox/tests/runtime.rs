@@ -1,6 +1,7 @@
-//! Real processes under the real runtimes: exit codes, background jobs, cancellation, and
-//! real toolchains (cargo, pytest, node) running inside the sandbox. Hostile workloads and
-//! limits are in `escape_tests.rs`.
+//! Real processes under the real runtimes (bwrap with Landlock, process, oci with crun):
+//! exit codes, background jobs, cancellation, and real toolchains (cargo, pytest, node)
+//! running inside the sandbox. Hostile workloads and limits are in `escape_tests.rs` (and
+//! `oci.rs`, `landlock.rs`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,13 +11,21 @@ mod common;
 use common::{bwrap, host_dir, processes_mentioning, run, spec};
 
 use builder_sandbox::{
-    ProcessRuntime, SandboxRuntime, TestCounts, TestFramework, parse_test_counts,
+    OciRuntime, ProcessRuntime, SandboxRuntime, TestCounts, TestFramework, parse_test_counts,
 };
+
+fn oci() -> OciRuntime {
+    OciRuntime::detect().expect("crun must work on this machine (scripts/setup installs it)")
+}
 
 #[tokio::test]
 async fn background_processes_do_not_keep_a_finished_command_alive() {
     let dir = host_dir();
-    let rts: [Box<dyn SandboxRuntime>; 2] = [Box::new(bwrap()), Box::new(ProcessRuntime::new())];
+    let rts: [Box<dyn SandboxRuntime>; 3] = [
+        Box::new(bwrap()),
+        Box::new(ProcessRuntime::new()),
+        Box::new(oci()),
+    ];
     for rt in rts {
         let out = run(rt.as_ref(), &spec(dir.path(), "sleep 100 & echo done")).await;
         assert_eq!(out.exit_code, Some(0), "{}: {out:?}", rt.name());
@@ -33,7 +42,11 @@ async fn background_processes_do_not_keep_a_finished_command_alive() {
 #[tokio::test]
 async fn exit_codes_propagate() {
     let dir = host_dir();
-    let rts: [Box<dyn SandboxRuntime>; 2] = [Box::new(bwrap()), Box::new(ProcessRuntime::new())];
+    let rts: [Box<dyn SandboxRuntime>; 3] = [
+        Box::new(bwrap()),
+        Box::new(ProcessRuntime::new()),
+        Box::new(oci()),
+    ];
     for rt in rts {
         for code in [0, 3, 101] {
             let out = run(rt.as_ref(), &spec(dir.path(), &format!("exit {code}"))).await;
@@ -49,7 +62,11 @@ async fn exit_codes_propagate() {
 #[tokio::test]
 async fn dropping_the_future_kills_the_sandbox() {
     let dir = host_dir();
-    let rts: [Box<dyn SandboxRuntime>; 2] = [Box::new(bwrap()), Box::new(ProcessRuntime::new())];
+    let rts: [Box<dyn SandboxRuntime>; 3] = [
+        Box::new(bwrap()),
+        Box::new(ProcessRuntime::new()),
+        Box::new(oci()),
+    ];
     for rt in rts {
         let marker: PathBuf = dir.path().join(format!("marker-{}", rt.name().len()));
         let token = format!("drop-token-{}-{}", std::process::id(), rt.name().len());

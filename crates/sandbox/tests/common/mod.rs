@@ -5,9 +5,27 @@
 use std::path::Path;
 use std::time::Duration;
 
-use builder_sandbox::{BwrapRuntime, CommandSpec, ExecOutcome, SandboxLimits, SandboxRuntime};
+use builder_sandbox::{
+    BwrapRuntime, CommandSpec, ExecOutcome, HelperProgram, LandlockConfig, SandboxLimits,
+    SandboxRuntime,
+};
 
+/// The crate's helper program (`net-bridge` and the Landlock `exec` launcher).
+pub const HELPER: &str = env!("CARGO_BIN_EXE_sandbox-helper");
+
+pub fn helper() -> HelperProgram {
+    HelperProgram::new(HELPER)
+}
+
+/// bwrap as production runs it: with Landlock as the second wall (this kernel has it).
 pub fn bwrap() -> BwrapRuntime {
+    bwrap_without_landlock()
+        .with_landlock(LandlockConfig::new(helper()))
+        .expect("the landlock launcher works inside bwrap")
+}
+
+/// bwrap alone: the control that shows what Landlock adds.
+pub fn bwrap_without_landlock() -> BwrapRuntime {
     BwrapRuntime::detect()
         .expect("bubblewrap must work on this machine (apt-get install bubblewrap)")
 }
