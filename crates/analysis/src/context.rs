@@ -90,6 +90,10 @@ pub fn repo_context(
         if !seen.insert(e.rel.as_str()) {
             continue;
         }
+        // A repository's secrets never travel to a provider, hinted or not.
+        if crate::secrets::is_secret_path(&e.rel) {
+            continue;
+        }
         let cost = e.size.saturating_add(e.rel.len() as u64);
         if e.size > MAX_CONTEXT_FILE_BYTES || cost > remaining {
             continue;
@@ -98,6 +102,7 @@ pub fn repo_context(
         let Some(text) = walk::read_text(workdir, &e.rel, MAX_CONTEXT_FILE_BYTES)? else {
             continue;
         };
+        let (text, _) = crate::secrets::redact_secrets(&text);
         let cost = (text.len() + e.rel.len()) as u64;
         if cost > remaining {
             continue;
@@ -221,6 +226,40 @@ mod tests {
         );
         assert!(!ctx.file_tree.iter().any(|p| p.starts_with("target/")));
         assert!(!ctx.tree_truncated);
+    }
+
+    #[test]
+    fn secrets_of_the_repository_never_reach_the_context() {
+        let d = repo(&[
+            (".env", "DATABASE_PASSWORD=hunter2-very-secret"),
+            (".env.example", "DATABASE_PASSWORD=changeme"),
+            (
+                "deploy/id_ed25519",
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAkey\n-----END OPENSSH PRIVATE KEY-----\n",
+            ),
+            (
+                "src/config.py",
+                "TOKEN = 'ghp_0123456789abcdefghijklmnopqrstuv'\nDEBUG = True\n",
+            ),
+        ]);
+        // Even when the request names them.
+        let hints = vec![".env".to_string(), "deploy/".to_string()];
+        let ctx = repo_context(d.path(), &hints, 10_000).unwrap();
+        let all = format!("{:?}", ctx.files);
+        for secret in [
+            "hunter2-very-secret",
+            "AAAAkey",
+            "ghp_0123456789abcdefghijklmnopqrstuv",
+        ] {
+            assert!(!all.contains(secret), "{secret} reached the context: {all}");
+        }
+        assert!(paths(&ctx).contains(&".env.example"));
+        assert!(
+            all.contains("DEBUG = True") && all.contains(crate::REDACTED),
+            "{all}"
+        );
+        // The names stay in the tree: the model may know a file exists, not what it holds.
+        assert!(ctx.file_tree.contains(&".env".to_string()));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod context;
 mod detect;
+mod secrets;
 mod walk;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use builder_sandbox::TestFramework;
 pub use context::{MAX_CONTEXT_FILE_BYTES, MAX_TREE_ENTRIES, RepoContext, repo_context};
 pub use detect::{REPO_CONFIG_FILE, detect};
+pub use secrets::{REDACTED, is_secret_path, redact_secrets};
 
 /// A build and a test command; `None` (or, from a registration, empty) means "not given".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1208,10 +1208,18 @@ impl Run<'_> {
                 Ok(meta) if meta.is_file() && meta.len() <= 256 * 1024 => {}
                 _ => continue,
             }
+            // The repository's own secrets never reach a prompt.
+            if builder_analysis::is_secret_path(rel) {
+                out.push(builder_llm::SourceFile {
+                    path: rel.clone(),
+                    content: "[content withheld: a file that holds secrets by convention]".into(),
+                });
+                continue;
+            }
             if let Ok(content) = tokio::fs::read_to_string(&path).await {
                 out.push(builder_llm::SourceFile {
                     path: rel.clone(),
-                    content,
+                    content: builder_analysis::redact_secrets(&content).0,
                 });
             }
         }
