@@ -1948,3 +1948,58 @@ async fn a_repository_that_needs_a_registry_passes_only_when_it_is_allowed() {
         "{refused:?}"
     );
 }
+
+/// Issue 5: an edit whose search text is not in the file goes back to the model with the
+/// reason (which file, which block, the closest match), and the corrected answer applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_that_does_not_apply_goes_back_to_the_model_and_the_correction_lands() {
+    const STALE_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(x, y):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(x, y):"}]}"#;
+    let (_root, bare, git) = repo_fixture();
+    let llm = llm_script_server::start(Script::new(vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(STALE_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(RIGHT_EDIT).when_contains("did not apply"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]))
+    .await
+    .unwrap();
+    let server = start_server(&llm_env(&llm));
+    let repo_id = register(&server, &git, GIT_PASSWORD);
+    let id = create(&server, &repo_id);
+    let execution = wait_terminal(&server, &id, Duration::from_secs(120));
+    assert_eq!(execution["state"], "COMPLETED", "{execution}");
+    assert_eq!(llm.unused_entries(), 0);
+    let second = llm
+        .requests()
+        .iter()
+        .filter(|r| r.body.to_string().contains("Task: GenerateEdits"))
+        .nth(1)
+        .map(|r| r.body.to_string())
+        .expect("the edits were asked for again");
+    assert!(
+        second.contains("did not apply")
+            && second.contains("calc.py")
+            && second.contains("def add(a, b):"),
+        "the model was told which file and shown the closest match: {second}"
+    );
+    let events = events(&server, &id);
+    assert_gapless(&events);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "code.change.generated")
+            .count(),
+        2,
+        "both answers are in the stream"
+    );
+    assert!(
+        read_branch_file(
+            &bare,
+            execution["featureBranch"].as_str().unwrap(),
+            "calc.py"
+        )
+        .unwrap()
+        .contains("def greet(name):")
+    );
+}
