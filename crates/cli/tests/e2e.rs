@@ -257,6 +257,16 @@ fn assert_no_secrets(server: &Server, events: &[Value]) {
     );
 }
 
+/// The four answers of a feature that is right the first time.
+fn happy_path() -> Vec<Entry> {
+    vec![
+        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
+        Entry::text(PLAN).when_contains("Task: PlanFeature"),
+        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
+        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
+    ]
+}
+
 fn repo_fixture() -> (tempfile::TempDir, PathBuf, GitHttpServer) {
     let root = tempfile::tempdir().unwrap();
     let bare = make_bare_repo(
@@ -1513,14 +1523,9 @@ async fn delivery_opens_a_pull_request_on_the_forge() {
     .unwrap();
     let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
     let (forge_url, pulls) = fake_github(bare.clone(), GIT_PASSWORD).await;
-    let llm = llm_script_server::start(Script::new(vec![
-        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-        Entry::text(PLAN).when_contains("Task: PlanFeature"),
-        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
-        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
-    ]))
-    .await
-    .unwrap();
+    let llm = llm_script_server::start(Script::new(happy_path()))
+        .await
+        .unwrap();
     let server = start_server(&llm_env(&llm));
     let (code, body) = call(
         &server,
@@ -1772,14 +1777,9 @@ async fn a_failure_that_predates_the_feature_does_not_block_delivery() {
     )
     .unwrap();
     let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
-    let llm = llm_script_server::start(Script::new(vec![
-        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-        Entry::text(PLAN).when_contains("Task: PlanFeature"),
-        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
-        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
-    ]))
-    .await
-    .unwrap();
+    let llm = llm_script_server::start(Script::new(happy_path()))
+        .await
+        .unwrap();
     let server = start_server(&llm_env(&llm));
     let repo_id = register(&server, &git, GIT_PASSWORD);
     let id = create(&server, &repo_id);
@@ -1868,14 +1868,7 @@ async fn a_repository_that_needs_a_registry_passes_only_when_it_is_allowed() {
     )
     .unwrap();
     let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
-    let answers = || {
-        vec![
-            Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-            Entry::text(PLAN).when_contains("Task: PlanFeature"),
-            Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
-            Entry::text(APPROVE).when_contains("Task: ValidateChange"),
-        ]
-    };
+    let answers = happy_path;
 
     // Allowed: the registry is reached through builder's proxy and the feature delivers.
     let llm = llm_script_server::start(Script::new(answers()))
