@@ -1,6 +1,11 @@
 //! What of a repository an LLM gets to see: the file tree, and file contents chosen by
 //! relevance (path hints first, then project manifests, then small shallow source files)
-//! until a byte budget is spent.
+//! until a token budget is spent.
+//!
+//! Tokens are estimated without a tokenizer (the provider's is not known here): a run of
+//! ASCII counts one token per four characters, every other character one token each. That
+//! is close for English and code under the common BPE vocabularies and errs high for other
+//! scripts; the hard limits on what a call may spend are the meter's, in builder-llm.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -52,13 +57,34 @@ pub struct RepoContext {
     pub tree_truncated: bool,
 }
 
+/// Estimated tokens of `text` (see the module's header).
+pub fn estimate_tokens(text: &str) -> u64 {
+    let mut tokens = 0u64;
+    let mut ascii_run = 0u64;
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii_run += 1;
+        } else {
+            tokens += ascii_run.div_ceil(4) + 1;
+            ascii_run = 0;
+        }
+    }
+    tokens + ascii_run.div_ceil(4)
+}
+
+/// What one included file costs: its path, its content and the fence around it.
+fn file_tokens(rel: &str, text: &str) -> u64 {
+    const FENCE: u64 = 8;
+    estimate_tokens(rel) + estimate_tokens(text) + FENCE
+}
+
 /// Collects the context of `workdir`. `hints` are paths or names from the request (a file,
-/// a directory, a file name or a fragment of a path); `max_bytes` bounds the sum of the
-/// included paths' and contents' lengths.
+/// a directory, a file name or a fragment of a path); `max_tokens` bounds the estimated
+/// tokens of the included files (paths, contents and fences).
 pub fn repo_context(
     workdir: &Path,
     hints: &[String],
-    max_bytes: usize,
+    max_tokens: u64,
 ) -> Result<RepoContext, AnalysisError> {
     if !workdir.is_dir() {
         return Err(AnalysisError::NotADirectory(workdir.to_path_buf()));
@@ -85,7 +111,7 @@ pub fn repo_context(
 
     let mut files = Vec::new();
     let mut seen = HashSet::new();
-    let mut remaining = max_bytes as u64;
+    let mut remaining = max_tokens;
     for e in order {
         if !seen.insert(e.rel.as_str()) {
             continue;
@@ -94,8 +120,8 @@ pub fn repo_context(
         if crate::secrets::is_secret_path(&e.rel) {
             continue;
         }
-        let cost = e.size.saturating_add(e.rel.len() as u64);
-        if e.size > MAX_CONTEXT_FILE_BYTES || cost > remaining {
+        // Four bytes a token is the cheapest a file can be: skip unread what cannot fit.
+        if e.size > MAX_CONTEXT_FILE_BYTES || e.size / 4 > remaining {
             continue;
         }
         // The size may have changed since the walk; re-check against what was read.
@@ -103,7 +129,7 @@ pub fn repo_context(
             continue;
         };
         let (text, _) = crate::secrets::redact_secrets(&text);
-        let cost = (text.len() + e.rel.len()) as u64;
+        let cost = file_tokens(&e.rel, &text);
         if cost > remaining {
             continue;
         }
@@ -270,11 +296,23 @@ mod tests {
             ("a/small.py", "s = 1\n"),
             ("z.py", "z"),
         ]);
-        let ctx = repo_context(d.path(), &["big.py".to_string()], 100).unwrap();
+        // big.py alone is ≈ 125 tokens.
+        let ctx = repo_context(d.path(), &["big.py".to_string()], 40).unwrap();
         assert_eq!(paths(&ctx), vec!["z.py", "a/small.py"]);
-        let used: usize = ctx.files.iter().map(|(p, c)| p.len() + c.len()).sum();
-        assert!(used <= 100);
+        let used: u64 = ctx.files.iter().map(|(p, c)| file_tokens(p, c)).sum();
+        assert!(used <= 40);
         assert_eq!(repo_context(d.path(), &[], 0).unwrap().files, vec![]);
+    }
+
+    #[test]
+    fn tokens_are_estimated_per_script() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_tokens("fn main() {}\n"), 4);
+        // Each non-ASCII character is a token of its own.
+        assert_eq!(estimate_tokens("日本語"), 3);
+        assert_eq!(estimate_tokens("ab日cd"), 3);
     }
 
     #[test]

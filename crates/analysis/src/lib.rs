@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use builder_sandbox::TestFramework;
-pub use context::{MAX_CONTEXT_FILE_BYTES, MAX_TREE_ENTRIES, RepoContext, repo_context};
+pub use context::{
+    MAX_CONTEXT_FILE_BYTES, MAX_TREE_ENTRIES, RepoContext, estimate_tokens, repo_context,
+};
 pub use detect::{REPO_CONFIG_FILE, detect};
 pub use secrets::{REDACTED, is_secret_path, redact_secrets};
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub baml_src: Option<PathBuf>,
     pub baml_cli: PathBuf,
     pub keep_workspaces: bool,
+    /// BUILDER_CONTEXT_MAX_TOKENS: estimated tokens of repository content per prompt.
+    pub context_max_tokens: u64,
     /// BUILDER_LLM_STREAM: record the model's partial answers as it writes (default on).
     pub llm_stream: bool,
     /// BUILDER_VERIFY_BASELINE: tolerate (default), strict or off.
@@ -179,6 +181,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("baml-cli")),
             keep_workspaces: boolean("BUILDER_KEEP_WORKSPACES", false)?,
             llm_stream: boolean("BUILDER_LLM_STREAM", true)?,
+            context_max_tokens: positive("BUILDER_CONTEXT_MAX_TOKENS", 24_000)? as u64,
             baseline_mode: var("BUILDER_VERIFY_BASELINE")
                 .unwrap_or_default()
                 .parse()

@@ -276,7 +276,7 @@ pub async fn serve(config: Config) -> Result<()> {
             sandbox_memory_mb: config.sandbox_memory_mb,
             sandbox_cpu: config.sandbox_cpu,
             max_output_bytes: 4 * 1024 * 1024,
-            context_max_bytes: 96 * 1024,
+            context_max_tokens: config.context_max_tokens,
             keep_workspaces: config.keep_workspaces,
             cache_base: config.data_dir.join("cache"),
             baseline_mode: config.baseline_mode,

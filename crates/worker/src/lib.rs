@@ -39,8 +39,9 @@ pub struct WorkerConfig {
     pub sandbox_memory_mb: Option<u64>,
     pub sandbox_cpu: Option<f32>,
     pub max_output_bytes: usize,
-    /// Bytes of repository content a prompt may carry.
-    pub context_max_bytes: usize,
+    /// Estimated tokens of repository content a prompt may carry
+    /// (`BUILDER_CONTEXT_MAX_TOKENS`).
+    pub context_max_tokens: u64,
     /// Keep working copies after a feature ends (for debugging).
     pub keep_workspaces: bool,
     /// The longest one step (clone, one LLM exchange, a verification…) may run.

@@ -764,7 +764,7 @@ impl Run<'_> {
         let ctx = builder_analysis::repo_context(
             &self.workdir(),
             &hints,
-            self.w.config.context_max_bytes,
+            self.w.config.context_max_tokens,
         )
         .map_err(|e| StepError::Infrastructure(format!("reading the working copy: {e}")))?;
         Ok(builder_llm::RepoContext {
