@@ -2,17 +2,22 @@
 //! git smart-HTTP server (`git http-backend` behind basic auth, over http or https with a
 //! test CA generated per test), real bare repositories made
 //! with the git CLI, a real OpenSSH server on a loopback port (`sshd`, own host key and
-//! authorized_keys), and a TCP server that never answers (for timeout tests).
+//! authorized_keys), fake forges (GitHub, GitLab, Bitbucket, Gitea, Azure DevOps pull-request
+//! APIs) and a TCP server that never answers (for timeout tests).
 //!
 //! It is a dev-dependency only: no production crate may depend on it, and it must not depend
 //! on any builder crate, so that every crate's tests can use it without cycles.
 
+mod fake_forge;
 mod http_server;
 mod repo;
 mod silent;
 mod ssh_server;
 mod tls;
 
+pub use fake_forge::{
+    FakeForge, FakeForgeKind, FakeForgeState, FakeLimit, FakePr, ForgeRequest, azure_basic,
+};
 pub use http_server::{GitHttpServer, GitHttpServerBuilder, RecordedRequest};
 pub use repo::{add_commit, git_command, make_bare_repo, read_branch_file};
 pub use silent::{SilentServer, closed_port};
