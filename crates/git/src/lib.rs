@@ -6,7 +6,7 @@
 //! Working copies come from a per-repository bare mirror (`Git::prepare_working_copy`):
 //! fetched incrementally under a file lock, `fsck`ed on fetch, size-limited
 //! ([`RepoLimits`]), then cloned locally with hard-linked objects. `git-bench`
-//! (`src/bin/git-bench.rs`) measures it against a fresh clone and the cost of writing the
+//! (the `builder-git-bench` crate) measures it against a fresh clone and the cost of writing the
 //! files.
 //!
 //! https remotes are verified against the platform's CA roots, plus an operator's private CA
