@@ -78,35 +78,21 @@ impl Github {
                 _ => break,
             }
         }
-        let patch = json!({ "title": spec.title, "body": spec.body });
-        let (body, created) = match found {
-            Some(pr) => {
-                let number = u64_field(&pr, &["number"])?;
-                let url = format!("{pulls}/{number}");
-                (
-                    self.http
-                        .call(Method::PATCH, &url, Some(&patch))
-                        .await?
-                        .body,
-                    false,
-                )
-            }
-            None => {
-                let create = json!({
-                    "title": spec.title,
-                    "head": spec.head_branch,
-                    "base": spec.base_branch,
-                    "body": spec.body,
-                });
-                (
-                    self.http
-                        .call(Method::POST, &pulls, Some(&create))
-                        .await?
-                        .body,
-                    true,
-                )
-            }
+        let update = match found {
+            Some(pr) => Some((
+                Method::PATCH,
+                format!("{pulls}/{}", u64_field(&pr, &["number"])?),
+                json!({ "title": spec.title, "body": spec.body }),
+            )),
+            None => None,
         };
+        let create = json!({
+            "title": spec.title,
+            "head": spec.head_branch,
+            "base": spec.base_branch,
+            "body": spec.body,
+        });
+        let (body, created) = self.http.update_or_open(update, &pulls, create).await?;
         Ok(PullRequest {
             number: u64_field(&body, &["number"])?,
             url: str_field(&body, &["html_url"])?,
@@ -194,32 +180,21 @@ impl Gitlab {
                 None => break,
             }
         }
-        let (body, created) = match found {
-            Some(mr) => {
-                let iid = u64_field(&mr, &["iid"])?;
-                let update = json!({ "title": spec.title, "description": spec.body });
-                let url = format!("{mrs}/{iid}");
-                (
-                    self.http.call(Method::PUT, &url, Some(&update)).await?.body,
-                    false,
-                )
-            }
-            None => {
-                let create = json!({
-                    "source_branch": spec.head_branch,
-                    "target_branch": spec.base_branch,
-                    "title": spec.title,
-                    "description": spec.body,
-                });
-                (
-                    self.http
-                        .call(Method::POST, &mrs, Some(&create))
-                        .await?
-                        .body,
-                    true,
-                )
-            }
+        let update = match found {
+            Some(mr) => Some((
+                Method::PUT,
+                format!("{mrs}/{}", u64_field(&mr, &["iid"])?),
+                json!({ "title": spec.title, "description": spec.body }),
+            )),
+            None => None,
         };
+        let create = json!({
+            "source_branch": spec.head_branch,
+            "target_branch": spec.base_branch,
+            "title": spec.title,
+            "description": spec.body,
+        });
+        let (body, created) = self.http.update_or_open(update, &mrs, create).await?;
         Ok(PullRequest {
             number: u64_field(&body, &["iid"])?,
             url: str_field(&body, &["web_url"])?,
@@ -298,32 +273,21 @@ impl Bitbucket {
                 _ => break,
             }
         }
-        let (body, created) = match found {
-            Some(pr) => {
-                let id = u64_field(&pr, &["id"])?;
-                let update = json!({ "title": spec.title, "description": spec.body });
-                let url = format!("{prs}/{id}");
-                (
-                    self.http.call(Method::PUT, &url, Some(&update)).await?.body,
-                    false,
-                )
-            }
-            None => {
-                let create = json!({
-                    "title": spec.title,
-                    "description": spec.body,
-                    "source": { "branch": { "name": spec.head_branch } },
-                    "destination": { "branch": { "name": spec.base_branch } },
-                });
-                (
-                    self.http
-                        .call(Method::POST, &prs, Some(&create))
-                        .await?
-                        .body,
-                    true,
-                )
-            }
+        let update = match found {
+            Some(pr) => Some((
+                Method::PUT,
+                format!("{prs}/{}", u64_field(&pr, &["id"])?),
+                json!({ "title": spec.title, "description": spec.body }),
+            )),
+            None => None,
         };
+        let create = json!({
+            "title": spec.title,
+            "description": spec.body,
+            "source": { "branch": { "name": spec.head_branch } },
+            "destination": { "branch": { "name": spec.base_branch } },
+        });
+        let (body, created) = self.http.update_or_open(update, &prs, create).await?;
         Ok(PullRequest {
             number: u64_field(&body, &["id"])?,
             url: str_field(&body, &["links", "html", "href"])?,
@@ -402,35 +366,21 @@ impl Gitea {
                 break;
             }
         }
-        let (body, created) = match found {
-            Some(pr) => {
-                let number = u64_field(&pr, &["number"])?;
-                let update = json!({ "title": spec.title, "body": spec.body });
-                let url = format!("{pulls}/{number}");
-                (
-                    self.http
-                        .call(Method::PATCH, &url, Some(&update))
-                        .await?
-                        .body,
-                    false,
-                )
-            }
-            None => {
-                let create = json!({
-                    "head": spec.head_branch,
-                    "base": spec.base_branch,
-                    "title": spec.title,
-                    "body": spec.body,
-                });
-                (
-                    self.http
-                        .call(Method::POST, &pulls, Some(&create))
-                        .await?
-                        .body,
-                    true,
-                )
-            }
+        let update = match found {
+            Some(pr) => Some((
+                Method::PATCH,
+                format!("{pulls}/{}", u64_field(&pr, &["number"])?),
+                json!({ "title": spec.title, "body": spec.body }),
+            )),
+            None => None,
         };
+        let create = json!({
+            "head": spec.head_branch,
+            "base": spec.base_branch,
+            "title": spec.title,
+            "body": spec.body,
+        });
+        let (body, created) = self.http.update_or_open(update, &pulls, create).await?;
         Ok(PullRequest {
             number: u64_field(&body, &["number"])?,
             url: str_field(&body, &["html_url"])?,
@@ -522,36 +472,26 @@ impl AzureDevops {
             }
         }
         let description = truncate_chars(&spec.body, AZURE_MAX_DESCRIPTION);
-        let (body, created) = match found {
-            Some(pr) => {
-                let id = u64_field(&pr, &["pullRequestId"])?;
-                let url = format!("{}/{id}?api-version={v}", self.prs);
-                let update = json!({ "title": spec.title, "description": description });
-                (
-                    self.http
-                        .call(Method::PATCH, &url, Some(&update))
-                        .await?
-                        .body,
-                    false,
-                )
-            }
-            None => {
-                let url = format!("{}?api-version={v}", self.prs);
-                let create = json!({
-                    "sourceRefName": source,
-                    "targetRefName": format!("refs/heads/{}", spec.base_branch),
-                    "title": spec.title,
-                    "description": description,
-                });
-                (
-                    self.http
-                        .call(Method::POST, &url, Some(&create))
-                        .await?
-                        .body,
-                    true,
-                )
-            }
+        let update = match found {
+            Some(pr) => Some((
+                Method::PATCH,
+                format!(
+                    "{}/{}?api-version={v}",
+                    self.prs,
+                    u64_field(&pr, &["pullRequestId"])?
+                ),
+                json!({ "title": spec.title, "description": description }),
+            )),
+            None => None,
         };
+        let create = json!({
+            "sourceRefName": source,
+            "targetRefName": format!("refs/heads/{}", spec.base_branch),
+            "title": spec.title,
+            "description": description,
+        });
+        let open = format!("{}?api-version={v}", self.prs);
+        let (body, created) = self.http.update_or_open(update, &open, create).await?;
         let number = u64_field(&body, &["pullRequestId"])?;
         // The API answer's `url` is the REST resource; people open the web page.
         let web_repo = body["repository"]["webUrl"]

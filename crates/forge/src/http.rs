@@ -86,6 +86,26 @@ impl Http {
         origin(url) == origin(&self.api_base) && url.starts_with(&self.api_base)
     }
 
+    /// Updates the request already open for the branch (`update`: method, its URL and the
+    /// fields to set) or opens one by POSTing `create` to `open`; the forge's answer and
+    /// whether it was opened.
+    pub async fn update_or_open(
+        &self,
+        update: Option<(Method, String, Value)>,
+        open: &str,
+        create: Value,
+    ) -> Result<(Value, bool), ForgeError> {
+        Ok(match update {
+            Some((method, url, fields)) => {
+                (self.call(method, &url, Some(&fields)).await?.body, false)
+            }
+            None => (
+                self.call(Method::POST, open, Some(&create)).await?.body,
+                true,
+            ),
+        })
+    }
+
     pub async fn call(
         &self,
         method: Method,
