@@ -30,18 +30,13 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, id: FeatureId) -> Result<(), String>;
     /// Interrupts the step a feature is running in this process, if any.
     fn interrupt(&self, id: FeatureId);
-    /// Asks the remote for its default branch. Errors carry no secret.
+    /// Asks the remote for its default branch, which needs read access: ValidateAccess's
+    /// read check too. Errors carry no secret.
     fn probe_default_branch(
         &self,
         url: String,
         credential: Option<Credential>,
     ) -> BoxFuture<'static, Result<String, String>>;
-    /// Checks read access to the remote with the credential. Errors carry no secret.
-    fn probe_read_access(
-        &self,
-        url: String,
-        credential: Option<Credential>,
-    ) -> BoxFuture<'static, Result<(), String>>;
     /// Checks that the credential may push, without changing anything on the remote (a dry
     /// run). Errors carry no secret. The default says the check is not available, so a
     /// backend without one never reports WRITE.

@@ -112,7 +112,7 @@ async fn access_report(
     credential: Option<Credential>,
 ) -> (bool, String, Vec<buffa::EnumValue<Permission>>) {
     if let Err(e) = backend
-        .probe_read_access(url.to_owned(), credential.clone())
+        .probe_default_branch(url.to_owned(), credential.clone())
         .await
     {
         return (false, e, vec![]);
@@ -396,13 +396,6 @@ mod tests {
                 Ok(())
             }
             fn interrupt(&self, _: FeatureId) {}
-            fn probe_default_branch(
-                &self,
-                _: String,
-                _: Option<Credential>,
-            ) -> BoxFuture<'static, Result<String, String>> {
-                Box::pin(async { Ok("main".to_string()) })
-            }
             fn max_repair_iterations(&self) -> u32 {
                 3
             }
@@ -420,12 +413,12 @@ mod tests {
 
     impl Backend for Probes {
         unused_backend_methods!();
-        fn probe_read_access(
+        fn probe_default_branch(
             &self,
             _: String,
             _: Option<Credential>,
-        ) -> BoxFuture<'static, Result<(), String>> {
-            let r = self.read.clone();
+        ) -> BoxFuture<'static, Result<String, String>> {
+            let r = self.read.clone().map(|()| "main".to_string());
             Box::pin(async move { r })
         }
         fn probe_write_access(
@@ -443,12 +436,12 @@ mod tests {
 
     impl Backend for NoWriteCheck {
         unused_backend_methods!();
-        fn probe_read_access(
+        fn probe_default_branch(
             &self,
             _: String,
             _: Option<Credential>,
-        ) -> BoxFuture<'static, Result<(), String>> {
-            Box::pin(async { Ok(()) })
+        ) -> BoxFuture<'static, Result<String, String>> {
+            Box::pin(async { Ok("main".to_string()) })
         }
     }
 

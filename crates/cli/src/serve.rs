@@ -64,21 +64,6 @@ impl Backend for ServeBackend {
         .boxed()
     }
 
-    fn probe_read_access(
-        &self,
-        url: String,
-        credential: Option<Credential>,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        let git = self.git.clone();
-        async move {
-            git.ls_remote_default_branch(&url, &git_credential(credential))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
-    }
-
     fn probe_write_access(
         &self,
         url: String,
