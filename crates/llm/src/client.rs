@@ -96,6 +96,18 @@ impl UsageLedger {
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The totals so far, starting the ledger afresh: what one call of a client that makes
+    /// several spent.
+    pub fn take(&self) -> Spent {
+        std::mem::replace(
+            &mut *self.inner.lock().unwrap_or_else(PoisonError::into_inner),
+            Spent {
+                cost_usd: Some(0.0),
+                ..Spent::default()
+            },
+        )
+    }
+
     fn add(&self, attempt: &Attempt) {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let u = &attempt.usage;
@@ -747,6 +759,38 @@ fn provider_status(message: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_taken_starts_afresh() {
+        let ledger = UsageLedger::new();
+        ledger.add(&Attempt {
+            status: Some(200),
+            usage: TokenUsage {
+                input_tokens: 10,
+                output_tokens: 5,
+                estimated: true,
+                ..TokenUsage::default()
+            },
+            cost_usd: None,
+        });
+        let first = ledger.take();
+        assert_eq!((first.usage.total(), first.requests), (15, 1));
+        assert!(first.usage.estimated && first.cost_usd.is_none());
+        // An estimate or an unknown price in one call does not mark the next one.
+        ledger.add(&Attempt {
+            status: Some(200),
+            usage: TokenUsage {
+                input_tokens: 3,
+                ..TokenUsage::default()
+            },
+            cost_usd: Some(0.5),
+        });
+        let second = ledger.take();
+        assert_eq!(second.usage.total(), 3);
+        assert!(!second.usage.estimated);
+        assert_eq!(second.cost_usd, Some(0.5));
+        assert_eq!(ledger.spent().requests, 0);
+    }
 
     // Bodies captured from baml-cli 0.226.3 (see `classify`).
     #[test]

@@ -431,7 +431,8 @@ impl Run<'_> {
         fut: impl std::future::Future<Output = Result<Called<T>, LlmError>>,
     ) -> Result<Result<T, LlmError>, StepError> {
         let (provider, model) = self.llm_label.clone();
-        let before = self.ledger.spent();
+        // The client's ledger then holds this call's requests only.
+        self.ledger.take();
         let _slot = self.slot(Resource::Llm).await?;
         self.emit(vec![Event::LlmInvocationStarted {
             function: function.into(),
@@ -509,17 +510,14 @@ impl Run<'_> {
             // A failed call's retries are inside the LLM client; 0 marks "not counted".
             Err(e) => (0, false, Some(e.to_string()), provider, model),
         };
-        let after = self.ledger.spent();
+        let spent = self.ledger.take();
         let usage = LlmUsage {
-            input_tokens: after.usage.input_tokens - before.usage.input_tokens,
-            output_tokens: after.usage.output_tokens - before.usage.output_tokens,
-            cache_read_tokens: after.usage.cache_read_tokens - before.usage.cache_read_tokens,
-            cache_write_tokens: after.usage.cache_write_tokens - before.usage.cache_write_tokens,
-            cost_usd: match (after.cost_usd, before.cost_usd) {
-                (Some(a), Some(b)) => Some((a - b).max(0.0)),
-                _ => None,
-            },
-            estimated: after.usage.estimated,
+            input_tokens: spent.usage.input_tokens,
+            output_tokens: spent.usage.output_tokens,
+            cache_read_tokens: spent.usage.cache_read_tokens,
+            cache_write_tokens: spent.usage.cache_write_tokens,
+            cost_usd: spent.cost_usd,
+            estimated: spent.usage.estimated,
         };
         self.emit(vec![Event::LlmResponseReceived {
             function: function.into(),
