@@ -106,12 +106,12 @@ pub fn detect(
         (Some(_), false, Some(explicit)) => {
             explicit
                 .parse()
-                .map_err(
-                    |e: builder_sandbox::UnknownTestFramework| AnalysisError::RepoConfig {
+                .map_err(|e: builder_testreport::UnknownTestFramework| {
+                    AnalysisError::RepoConfig {
                         file: REPO_CONFIG_FILE,
                         message: e.to_string(),
-                    },
-                )?
+                    }
+                })?
         }
         (Some(cmd), false, None) => framework_of_command(cmd),
     };

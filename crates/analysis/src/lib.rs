@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use builder_sandbox::TestFramework;
+pub use builder_testreport::TestFramework;
 pub use context::{
     MAX_CONTEXT_FILE_BYTES, MAX_TREE_ENTRIES, RepoContext, estimate_tokens, repo_context,
 };

@@ -1,6 +1,6 @@
 //! builder-sandbox: runs one shell command of an untrusted repository (build, tests, an
 //! LLM-proposed command) in isolation, with a time limit and a capped, tail-keeping output
-//! capture, and parses test-runner summaries into counts.
+//! capture.
 //!
 //! Runtimes, all behind the object-safe [`SandboxRuntime`] trait (a [`CommandSpec`] in, an
 //! [`ExecOutcome`] out; dropping the future kills the command), picked by name with
@@ -64,7 +64,6 @@ mod oci;
 mod process;
 mod proxy;
 mod seccomp;
-mod testparse;
 mod toolchain;
 
 use std::future::Future;
@@ -85,7 +84,6 @@ pub use landlock::{DEV_WRITABLE, LandlockConfig, LandlockTcp, landlock_abi};
 pub use netbridge::{NET_BRIDGE_USAGE, NetBridgeError, run_net_bridge};
 pub use oci::OciRuntime;
 pub use process::ProcessRuntime;
-pub use testparse::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
 
 /// Resource limits of one command.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,9 +10,8 @@ mod common;
 
 use common::{bwrap, host_dir, processes_mentioning, run, spec};
 
-use builder_sandbox::{
-    OciRuntime, ProcessRuntime, SandboxRuntime, TestCounts, TestFramework, parse_test_counts,
-};
+use builder_sandbox::{OciRuntime, ProcessRuntime, SandboxRuntime};
+use builder_testreport::{TestCounts, TestFramework, parse_test_counts};
 
 fn oci() -> OciRuntime {
     OciRuntime::detect().expect("crun must work on this machine (scripts/setup installs it)")

@@ -1,4 +1,6 @@
-//! Turns what a test run printed or wrote into typed results: one [`TestCase`] per test
+//! Turns what a test run printed or wrote into typed results: the counts from the runners'
+//! summary lines ([`parse_test_counts`], which survive an output cut at the front), one
+//! [`TestCase`] per test
 //! (cargo/libtest, cargo-nextest, `go test -json`, JUnit XML, Jest/Vitest JSON, Mocha JSON)
 //! and the compiler errors of a failed build as [`Diagnostic`]s (rustc, gcc/clang, go, tsc,
 //! javac, Python). The worker puts the results into `tests.completed` and an artifact, and
@@ -9,6 +11,7 @@
 //! ANSI colours, or be garbage: no parser panics, and every message is capped.
 
 mod cargo;
+mod counts;
 mod detect;
 mod diagnostics;
 mod go;
@@ -20,6 +23,7 @@ mod text;
 use serde::{Deserialize, Serialize};
 
 pub use cargo::parse_cargo;
+pub use counts::{TestCounts, TestFramework, UnknownTestFramework, parse_test_counts};
 pub use detect::{detect_and_parse, detect_format, parse};
 pub use diagnostics::{
     Diagnostic, DiagnosticOptions, MAX_DIAGNOSTICS, Severity, extract_diagnostics,

@@ -3,8 +3,8 @@
 //! them already failed before the feature changed anything (the baseline).
 
 use builder_core::event::{Diagnostic, Event, TestFailure};
-use builder_sandbox::{ExecOutcome, TestFramework};
-use builder_testreport::{ReportFormat, TestReport};
+use builder_sandbox::ExecOutcome;
+use builder_testreport::{ReportFormat, TestCounts, TestFramework, TestReport};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -228,19 +228,19 @@ pub(crate) fn tests_checked(
         .collect();
     let report = builder_testreport::detect_and_parse(&out.output, &files, hint(framework))
         .filter(|r| !r.cases.is_empty());
-    let summary_counts = builder_sandbox::parse_test_counts(framework, &out.output);
+    let summary_counts = builder_testreport::parse_test_counts(framework, &out.output);
     // Summary lines survive a truncated output; a report is exact when it was a file.
     let counts = match (&report, summary_counts) {
         (Some(r), None) => {
             let c = r.counts();
-            builder_sandbox::TestCounts {
+            TestCounts {
                 passed: u32::try_from(c.passed).unwrap_or(u32::MAX),
                 failed: u32::try_from(c.failed).unwrap_or(u32::MAX),
                 ignored: u32::try_from(c.skipped).unwrap_or(u32::MAX),
             }
         }
         (_, Some(c)) => c,
-        (None, None) => builder_sandbox::TestCounts::default(),
+        (None, None) => TestCounts::default(),
     };
     let failing: BTreeSet<String> = report
         .as_ref()

@@ -17,7 +17,8 @@ use builder_core::{
 };
 use builder_git::GitCredential;
 use builder_llm::{Budget, Called, LlmClient, LlmError, UsageLedger};
-use builder_sandbox::{ExecOutcome, TestFramework};
+use builder_sandbox::ExecOutcome;
+use builder_testreport::TestFramework;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
