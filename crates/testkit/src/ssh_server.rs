@@ -63,15 +63,10 @@ fn current_user() -> Result<String> {
 }
 
 impl SshServer {
-    /// Whether `sshd` is installed (apt package openssh-server).
-    pub fn available() -> bool {
-        Path::new(SSHD).is_file()
-    }
-
     /// Starts `sshd` on 127.0.0.1 accepting only `authorized_key` (a public key line) for
     /// the current user, serving repositories under `root` by absolute path.
     pub fn start(root: &Path, authorized_key: &str) -> Result<SshServer> {
-        if !Self::available() {
+        if !Path::new(SSHD).is_file() {
             return Err(TestkitError::InvalidInput(format!(
                 "{SSHD} not found: install the openssh-server package"
             )));
