@@ -461,9 +461,10 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EgressConfig {
     pub allow: Vec<HostPattern>,
-    /// The program that runs the in-sandbox bridge ([`crate::run_net_bridge`]): the
-    /// `sandbox-netbridge` binary, or the `builder` binary with `bridge_args_prefix`
-    /// naming its hidden subcommand. Bound read-only into the sandbox at the same path.
+    /// The program that runs the in-sandbox bridge ([`crate::run_net_bridge`]): the helper
+    /// program (`builder`'s hidden subcommand, or `sandbox-helper`) with
+    /// `bridge_args_prefix` ending in `net-bridge`. Bound read-only into the sandbox at the
+    /// same path.
     pub bridge_program: PathBuf,
     /// Arguments put before the bridge's own (`--listen ADDR --connect SOCKET`).
     pub bridge_args_prefix: Vec<String>,

@@ -23,15 +23,15 @@ pub const NET_BRIDGE_USAGE: &str = "--listen 127.0.0.1:PORT --connect /path/to/p
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetBridgeError {
-    #[error("sandbox-netbridge: {0} (usage: {NET_BRIDGE_USAGE})")]
+    #[error("net-bridge: {0} (usage: {NET_BRIDGE_USAGE})")]
     Usage(String),
-    #[error("sandbox-netbridge: cannot listen on {addr}: {source}")]
+    #[error("net-bridge: cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("sandbox-netbridge: {0}")]
+    #[error("net-bridge: {0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -1,5 +1,5 @@
 //! The network egress allow-list end to end: real bwrap, the real bridge program
-//! (`sandbox-netbridge`) inside the sandbox, the per-run proxy in this process, and real
+//! (`sandbox-helper net-bridge`) inside the sandbox, the per-run proxy in this process, and real
 //! clients (curl, python3, bash's /dev/tcp) talking to servers on the host's loopback.
 //!
 //! The tests take a common lock: the "nothing left behind" checks look at host-wide state
@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::{bwrap, bwrap_without_landlock, helper, host_dir, processes_mentioning, run, spec};
+use common::{
+    HELPER, bwrap, bwrap_without_landlock, helper, host_dir, processes_mentioning, run, spec,
+};
 
 use builder_sandbox::{
     BwrapRuntime, EgressConfig, ExecOutcome, LandlockConfig, SandboxError, SandboxRuntime,
@@ -23,14 +25,15 @@ use builder_sandbox::{
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const BRIDGE: &str = env!("CARGO_BIN_EXE_sandbox-netbridge");
+/// The bridge's processes: the helper program running `net-bridge`.
+const BRIDGE: &str = "sandbox-helper net-bridge";
 
 fn with_egress(allow: &str) -> BwrapRuntime {
     bwrap()
         .with_egress(EgressConfig {
             allow: parse_allow_list(allow).unwrap(),
-            bridge_program: PathBuf::from(BRIDGE),
-            bridge_args_prefix: vec![],
+            bridge_program: PathBuf::from(HELPER),
+            bridge_args_prefix: helper().net_bridge_prefix(),
         })
         .expect("the bridge starts inside bwrap")
 }
@@ -442,8 +445,8 @@ async fn a_bridge_that_cannot_start_is_refused_at_configuration() {
         }
     }
     // A prefix the bridge does not understand makes it exit with a usage error.
-    let mut bad = cfg(BRIDGE);
-    bad.bridge_args_prefix = vec!["--bogus".into()];
+    let mut bad = cfg(HELPER);
+    bad.bridge_args_prefix = vec!["net-bridge".into(), "--bogus".into()];
     assert!(bwrap().with_egress(bad).is_err());
 }
 
@@ -496,8 +499,8 @@ async fn one_helper_program_runs_the_bridge_and_the_landlock_launcher() {
 
 #[test]
 fn the_bridge_program_reports_usage_errors() {
-    let out = std::process::Command::new(BRIDGE)
-        .arg("--listen")
+    let out = std::process::Command::new(HELPER)
+        .args(["net-bridge", "--listen"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
