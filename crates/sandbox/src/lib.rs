@@ -223,55 +223,7 @@ pub trait SandboxRuntime: Send + Sync {
 /// string, the default), `oci` or `crun` (containers of crun; `Unavailable` when crun is
 /// not installed or does not work here) or `process` (no isolation, logged loudly).
 pub fn runtime_from_name(name: &str) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "" | "bwrap" | "bubblewrap" => Ok(Box::new(BwrapRuntime::detect()?)),
-        "oci" | "crun" => Ok(Box::new(OciRuntime::detect()?)),
-        "process" => {
-            tracing::warn!(
-                "sandbox runtime `process` selected: commands of untrusted repositories run \
-                 WITHOUT isolation (host filesystem and network are reachable)"
-            );
-            Ok(Box::new(ProcessRuntime::new()))
-        }
-        other => Err(SandboxError::UnknownRuntime(other.to_string())),
-    }
-}
-
-/// [`runtime_from_name`] with the egress allow-list applied to `bwrap`. The `process`
-/// runtime has full network and cannot apply an allow-list; that is logged.
-pub fn runtime_from_name_with_egress(
-    name: &str,
-    egress: Option<EgressConfig>,
-) -> Result<Box<dyn SandboxRuntime>, SandboxError> {
-    let egress = egress.filter(|e| !e.allow.is_empty());
-    match name.trim().to_ascii_lowercase().as_str() {
-        "" | "bwrap" | "bubblewrap" => {
-            let rt = BwrapRuntime::detect()?;
-            Ok(Box::new(match egress {
-                Some(e) => rt.with_egress(e)?,
-                None => rt,
-            }))
-        }
-        "process" => {
-            if egress.is_some() {
-                tracing::warn!(
-                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
-                     `process`: it has full network access"
-                );
-            }
-            runtime_from_name(name)
-        }
-        "oci" | "crun" => {
-            if egress.is_some() {
-                tracing::warn!(
-                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
-                     `oci`: its commands have no network at all"
-                );
-            }
-            runtime_from_name(name)
-        }
-        _ => runtime_from_name(name),
-    }
+    runtime_with_options(name, &RuntimeOptions::default())
 }
 
 /// What [`runtime_with_options`] configures beyond the runtime's name.
@@ -288,7 +240,7 @@ pub struct RuntimeOptions {
     pub landlock_tcp: LandlockTcp,
 }
 
-/// Picks a runtime by name as [`runtime_from_name`] does and applies `options`: under
+/// Picks a runtime by name (see [`runtime_from_name`]) and applies `options`: under
 /// `bwrap`, Landlock through the helper and the egress allow-list with the bridge run by
 /// the same helper. The other runtimes cannot apply them; that is logged.
 pub fn runtime_with_options(
@@ -320,21 +272,35 @@ pub fn runtime_with_options(
             }
             Ok(Box::new(rt))
         }
-        other => {
-            if options.helper.is_some() && other != "process" {
+        "oci" | "crun" => {
+            if !options.egress_allow.is_empty() {
+                tracing::warn!(
+                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
+                     `oci`: its commands have no network at all"
+                );
+            }
+            if options.helper.is_some() {
                 tracing::info!(
-                    runtime = other,
                     "the sandbox helper program (Landlock, egress bridge) is used by the bwrap \
                      runtime only"
                 );
             }
-            let egress = (!options.egress_allow.is_empty()).then(|| EgressConfig {
-                allow: options.egress_allow.clone(),
-                bridge_program: PathBuf::new(),
-                bridge_args_prefix: Vec::new(),
-            });
-            runtime_from_name_with_egress(name, egress)
+            Ok(Box::new(OciRuntime::detect()?))
         }
+        "process" => {
+            tracing::warn!(
+                "sandbox runtime `process` selected: commands of untrusted repositories run \
+                 WITHOUT isolation (host filesystem and network are reachable)"
+            );
+            if !options.egress_allow.is_empty() {
+                tracing::warn!(
+                    "SANDBOX_NETWORK_EGRESS_WHITELIST is not applied by sandbox runtime \
+                     `process`: it has full network access"
+                );
+            }
+            Ok(Box::new(ProcessRuntime::new()))
+        }
+        other => Err(SandboxError::UnknownRuntime(other.to_string())),
     }
 }
 
@@ -358,29 +324,27 @@ mod tests {
 
     #[test]
     fn runtime_names_with_egress() {
-        let cfg = |allow: &str| {
-            Some(EgressConfig {
-                allow: parse_allow_list(allow).unwrap(),
-                bridge_program: PathBuf::from("/nonexistent/bridge"),
-                bridge_args_prefix: vec![],
-            })
+        let with = |allow: &str, helper: Option<&str>| RuntimeOptions {
+            egress_allow: parse_allow_list(allow).unwrap(),
+            helper: helper.map(HelperProgram::new),
+            ..RuntimeOptions::default()
         };
         // `process` has full network: the list is logged as not applied, not an error.
-        let rt = runtime_from_name_with_egress("process", cfg("crates.io")).unwrap();
+        let rt = runtime_with_options("process", &with("crates.io", None)).unwrap();
         assert_eq!(rt.name(), ProcessRuntime::NAME);
         // An empty list is no egress: the bridge is never looked at.
         assert_eq!(
-            runtime_from_name_with_egress("bwrap", cfg(""))
+            runtime_with_options("bwrap", &with("", None))
                 .unwrap()
                 .name(),
             "bwrap"
         );
         assert!(matches!(
-            runtime_from_name_with_egress("bwrap", cfg("crates.io")),
+            runtime_with_options("bwrap", &with("crates.io", Some("/nonexistent/bridge"))),
             Err(SandboxError::Unavailable { reason, .. }) if reason.contains("/nonexistent/bridge")
         ));
         assert!(matches!(
-            runtime_from_name_with_egress("docker", cfg("crates.io")),
+            runtime_with_options("docker", &with("crates.io", None)),
             Err(SandboxError::UnknownRuntime(_))
         ));
     }
