@@ -8,8 +8,9 @@
 //! [`crate::GitHttpServer`] serving the same bare repository, so a pull request can only be
 //! opened for a branch that was really pushed.
 
-use crate::tls::{TestCa, TlsListener};
-use crate::{Result, git_command, io_err};
+use crate::serve::{Bound, ServerThread, bind_loopback};
+use crate::tls::TestCa;
+use crate::{Result, git_command};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -18,11 +19,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use tokio::sync::oneshot;
 
 /// Which forge the fake plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +119,8 @@ type Shared = Arc<Mutex<FakeForgeState>>;
 /// A running fake forge; stops on drop.
 pub struct FakeForge {
     kind: FakeForgeKind,
-    addr: SocketAddr,
-    scheme: &'static str,
     state: Shared,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl FakeForge {
@@ -151,24 +146,8 @@ impl FakeForge {
         token: &str,
         ca: Option<&TestCa>,
     ) -> Result<FakeForge> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("binding 127.0.0.1:0"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(io_err("making the listener non-blocking"))?;
-        let addr = std_listener
-            .local_addr()
-            .map_err(io_err("reading local addr"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err("building the fake forge runtime"))?;
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(std_listener)
-                .map_err(io_err("registering the listener"))?
-        };
-        let scheme = if ca.is_some() { "https" } else { "http" };
+        let bound = bind_loopback()?;
+        let (addr, scheme) = (bound.addr, Bound::scheme(ca));
         let state = Arc::new(Mutex::new(FakeForgeState {
             kind,
             base: format!("{scheme}://{addr}"),
@@ -183,37 +162,11 @@ impl FakeForge {
             requests: Vec::new(),
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let tls = ca.map(TestCa::acceptor);
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-forge-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tls {
-                        Some(acceptor) => {
-                            let listener = TlsListener::with_acceptor(listener, acceptor);
-                            tokio::select! {
-                                _ = axum::serve(listener, app) => {}
-                                _ = rx => {}
-                            }
-                        }
-                        None => {
-                            tokio::select! {
-                                _ = axum::serve(listener, app) => {}
-                                _ = rx => {}
-                            }
-                        }
-                    }
-                });
-            })
-            .map_err(io_err("spawning the fake forge thread"))?;
+        let server = bound.serve(format!("fake-forge-{}", addr.port()), app, ca)?;
         Ok(FakeForge {
             kind,
-            addr,
-            scheme,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            server,
         })
     }
 
@@ -223,7 +176,7 @@ impl FakeForge {
 
     /// `http(s)://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("{}://{}", self.scheme, self.addr)
+        format!("{}://{}", self.server.scheme, self.server.addr)
     }
 
     /// The API root an adapter is pointed at (the repository property `forge_api_base`).
@@ -251,17 +204,6 @@ impl FakeForge {
     /// Every request answered so far, in order.
     pub fn requests(&self) -> Vec<ForgeRequest> {
         self.with(|s| s.requests.clone())
-    }
-}
-
-impl Drop for FakeForge {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

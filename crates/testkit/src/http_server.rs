@@ -4,7 +4,8 @@
 //! read-only user who is refused `git-receive-pack` (403) the way forges refuse a token
 //! without write scope.
 
-use crate::tls::{TestCa, TlsListener};
+use crate::serve::{ServerThread, bind_loopback};
+use crate::tls::TestCa;
 use crate::{Result, TestkitError, io_err};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -18,10 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdout, Command};
-use tokio::sync::oneshot;
 
 /// One request the server answered, for tests to assert on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +44,8 @@ struct ServerState {
 /// Serves every bare repository under `root` at `http(s)://127.0.0.1:PORT/<name>`; stops on
 /// drop.
 pub struct GitHttpServer {
-    addr: SocketAddr,
-    scheme: &'static str,
     log: Arc<Mutex<Vec<RecordedRequest>>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: ServerThread,
 }
 
 /// Options for [`GitHttpServer::builder`].
@@ -118,23 +114,7 @@ impl GitHttpServer {
         let root = root
             .canonicalize()
             .map_err(io_err(format!("resolving {}", root.display())))?;
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("binding 127.0.0.1:0"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(io_err("making the listener non-blocking"))?;
-        let addr = std_listener
-            .local_addr()
-            .map_err(io_err("reading local addr"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err("building the server runtime"))?;
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(std_listener)
-                .map_err(io_err("registering the listener"))?
-        };
+        let bound = bind_loopback()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(ServerState {
             root,
@@ -144,50 +124,18 @@ impl GitHttpServer {
             log: log.clone(),
         });
         let app = Router::new().fallback(handle).with_state(state);
-        let (tx, rx) = oneshot::channel::<()>();
-        let tls = opts.tls.map(TestCa::acceptor);
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let thread = std::thread::Builder::new()
-            .name(format!("git-http-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tls {
-                        Some(acceptor) => {
-                            let listener = TlsListener::with_acceptor(listener, acceptor);
-                            tokio::select! {
-                                _ = axum::serve(listener, app) => {}
-                                _ = rx => {}
-                            }
-                        }
-                        None => {
-                            tokio::select! {
-                                _ = axum::serve(listener, app) => {}
-                                _ = rx => {}
-                            }
-                        }
-                    }
-                });
-                // Dropping the runtime drops in-flight handlers, whose children are
-                // kill_on_drop, so no http-backend outlives the server.
-                drop(runtime);
-            })
-            .map_err(io_err("spawning the server thread"))?;
-        Ok(GitHttpServer {
-            addr,
-            scheme,
-            log,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        let name = format!("git-http-{}", bound.addr.port());
+        let server = bound.serve(name, app, opts.tls)?;
+        Ok(GitHttpServer { log, server })
     }
 
     /// `http(s)://127.0.0.1:PORT/<repo_name>` — never with credentials in it.
     pub fn url(&self, repo_name: &str) -> String {
-        format!("{}://{}/{repo_name}", self.scheme, self.addr)
+        format!("{}://{}/{repo_name}", self.server.scheme, self.server.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// Every request answered so far, in order.
@@ -195,17 +143,6 @@ impl GitHttpServer {
         match self.log.lock() {
             Ok(log) => log.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
-
-impl Drop for GitHttpServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

@@ -11,6 +11,7 @@
 mod fake_forge;
 mod http_server;
 mod repo;
+mod serve;
 mod silent;
 mod ssh_server;
 mod tls;
