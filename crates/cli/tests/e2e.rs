@@ -2,166 +2,21 @@
 //! repository over smart HTTP with basic auth (`git http-backend`), the real BAML sidecar,
 //! the real bubblewrap sandbox running pytest, and the scripted LLM as the only stand-in.
 
+mod common;
+
 use builder_testkit::{GitHttpServer, make_bare_repo, read_branch_file};
-use llm_script_server::{Entry, Running, Script};
+use common::*;
+use llm_script_server::{Entry, Script};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_builder");
 const GIT_USER: &str = "alice";
 const GIT_PASSWORD: &str = "pw-e2e-Zq81xKcV";
-const LLM_KEY: &str = "sk-e2e-key-7Hn2LmQp";
 
-const CALC: &str = "def add(a, b):\n    return a + b\n";
-const TEST_CALC: &str = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n";
-
-const ANALYSIS: &str = r#"{"summary": "add greet to calc.py", "affected_files": ["calc.py"], "risks": [], "acceptance_interpretation": ["greet('Bob') == 'Hello, Bob!'"]}"#;
-const PLAN: &str = r#"{"summary": "add greet and its test", "steps": [{"index": 0, "description": "add greet(name) to calc.py with a test", "step_type": "MODIFY_FILE", "target_files": ["calc.py", "tests/test_greet.py"], "dependencies": []}], "affected_files": ["calc.py", "tests/test_greet.py"]}"#;
 const WRONG_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return 'Hi ' + name\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
 const FIX_EDIT: &str = r#"{"summary": "fix the greeting", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "    return 'Hi ' + name", "replace": "    return f'Hello, {name}!'"}]}"#;
-/// The whole change in one go: greet() and its test.
-const RIGHT_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
-const APPROVE: &str = r#"{"approved": true, "reasons": ["greet matches the criteria"]}"#;
-
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    env: Vec<(&'static str, String)>,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    /// SIGKILL, then a new process on the same data directory (and a new port).
-    fn kill_and_restart(mut self) -> Server {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let data = std::mem::replace(&mut self._data, tempfile::tempdir().unwrap());
-        start_server_in(data, &self.env)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_server(env: &[(&'static str, String)]) -> Server {
-    start_server_in(tempfile::tempdir().unwrap(), env)
-}
-
-fn start_server_in(data: tempfile::TempDir, env: &[(&'static str, String)]) -> Server {
-    let port = free_port();
-    let log = data.path().join(format!("serve-{port}.log"));
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("BUILDER_DATA_DIR", data.path().join("data"))
-        .env("SERVICE_PORT", port.to_string())
-        .env("SANDBOX_TIMEOUT_SECONDS", "120")
-        .env("LOG_LEVEL", "info,builder_llm=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for var in ["PYENV_ROOT", "PYENV_VERSION", "CARGO_HOME", "RUSTUP_HOME"] {
-        if let Ok(v) = std::env::var(var) {
-            cmd.env(var, v);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawning builder serve");
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-        env: env.to_vec(),
-        _data: data,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(out) = Command::new("curl")
-            .args(["-sf", &format!("{}/health", server.url)])
-            .output()
-            && out.status.success()
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "builder did not become healthy:\n{}",
-            std::fs::read_to_string(&server.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn llm_env(llm: &Running) -> Vec<(&'static str, String)> {
-    vec![
-        ("BAML_CLIENT_PROVIDER", "openai".into()),
-        ("BAML_CLIENT_MODEL", "scripted-model".into()),
-        ("BAML_CLIENT_API_KEY", LLM_KEY.into()),
-        ("BAML_CLIENT_BASE_URL", llm.openai_base_url()),
-    ]
-}
-
-/// A Connect unary call with JSON, exactly as curl would make it.
-fn call(server: &Server, method: &str, body: Value) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!("{}/{method}", server.url))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.to_string().as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
-fn cli(server: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("BUILDER_SERVER", &server.url)
-        .output()
-        .unwrap()
-}
 
 fn register(server: &Server, git: &GitHttpServer, password: &str) -> String {
     let (code, body) = call(
@@ -183,27 +38,6 @@ fn register(server: &Server, git: &GitHttpServer, password: &str) -> String {
     body["repository"]["id"].as_str().unwrap().to_string()
 }
 
-fn events(server: &Server, id: &str) -> Vec<Value> {
-    let out = cli(server, &["feature", "events", id, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn types(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn assert_gapless(events: &[Value]) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
@@ -213,27 +47,6 @@ fn assert_gapless(events: &[Value]) {
             Some(i as u64 + 1),
             "gap or reordering at {i}: {e}"
         );
-    }
-}
-
-fn wait_terminal(server: &Server, id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (code, body) = call(
-            server,
-            "builder.feature.v1.FeatureService/Get",
-            json!({"id": id}),
-        );
-        assert_eq!(code, 200, "{body}");
-        let state = body["execution"]["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if matches!(state.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
-            return body["execution"].clone();
-        }
-        assert!(Instant::now() < deadline, "feature {id} still {state}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -255,16 +68,6 @@ fn assert_no_secrets(server: &Server, events: &[Value]) {
         "secret in files: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-/// The four answers of a feature that is right the first time.
-fn happy_path() -> Vec<Entry> {
-    vec![
-        Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-        Entry::text(PLAN).when_contains("Task: PlanFeature"),
-        Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
-        Entry::text(APPROVE).when_contains("Task: ValidateChange"),
-    ]
 }
 
 fn repo_fixture() -> (tempfile::TempDir, PathBuf, GitHttpServer) {

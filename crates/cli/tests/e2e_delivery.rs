@@ -9,175 +9,54 @@
 //! mirrors, kept working copies, caches, the git private dir), nor anything the remotes,
 //! the forge and the LLM were sent besides the auth itself.
 
+mod common;
+
 use base64::Engine;
 use builder_testkit::{
     FakeForge, FakeForgeKind, FakePr, GitHttpServer, SshServer, TestCa, generate_ssh_key,
     git_command, make_bare_repo, read_branch_file,
 };
-use llm_script_server::{Entry, Running, Script};
+use common::*;
+use llm_script_server::{Running, Script};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_builder");
-const LLM_KEY: &str = "sk-delivery-llm-Vb83nQz1Lk";
 const GIT_USER: &str = "dana";
 const FEATURE_TIMEOUT: Duration = Duration::from_secs(180);
 
-const CALC: &str = "def add(a, b):\n    return a + b\n";
-const TEST_CALC: &str = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n";
-const ANALYSIS: &str = r#"{"summary": "add greet to calc.py", "affected_files": ["calc.py"], "risks": [], "acceptance_interpretation": ["greet('Bob') == 'Hello, Bob!'"]}"#;
 const PLAN_SUMMARY: &str = "add greet and its test";
-const PLAN: &str = r#"{"summary": "add greet and its test", "steps": [{"index": 0, "description": "add greet(name) to calc.py with a test", "step_type": "MODIFY_FILE", "target_files": ["calc.py", "tests/test_greet.py"], "dependencies": []}], "affected_files": ["calc.py", "tests/test_greet.py"]}"#;
-const EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return f'Hello, {name}!'\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
-const APPROVE: &str = r#"{"approved": true, "reasons": ["greet matches the criteria"]}"#;
 
 // ---------------------------------------------------------------- the builder server
 
-struct Builder {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    /// The log file and the data directory (`data/`) live here.
-    root: tempfile::TempDir,
-}
-
-impl Builder {
-    fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
-    }
-}
-
-impl Drop for Builder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `builder serve` on a fresh data directory with the scripted LLM, keeping working copies
+/// so the credential scan sees them too, and logging git, forge, worker and LLM activity at
+/// debug.
+fn start_builder(llm: &Running, extra_env: &[(&str, String)]) -> Server {
+    let mut env: Vec<(&str, String)> = llm_env(llm);
+    env.push(("BUILDER_KEEP_WORKSPACES", "true".into()));
+    env.push((
+        "LOG_LEVEL",
+        "info,builder_git=debug,builder_forge=debug,builder_worker=debug,builder_llm=debug".into(),
+    ));
+    env.extend(extra_env.iter().cloned());
+    start_server(&env)
 }
 
 /// The scripted answers for `features` features delivered in one go.
 async fn scripted_llm(features: usize) -> Running {
-    let mut entries = Vec::new();
-    for _ in 0..features {
-        entries.extend([
-            Entry::text(ANALYSIS).when_contains("Task: AnalyzeFeature"),
-            Entry::text(PLAN).when_contains("Task: PlanFeature"),
-            Entry::text(EDIT).when_contains("Task: GenerateEdits"),
-            Entry::text(APPROVE).when_contains("Task: ValidateChange"),
-        ]);
-    }
+    let entries = (0..features).flat_map(|_| happy_path()).collect();
     llm_script_server::start(Script::new(entries))
         .await
         .expect("scripted LLM")
 }
 
-/// `builder serve` on a fresh data directory, keeping working copies so the credential
-/// scan sees them too, and logging git, forge, worker and LLM activity at debug.
-fn start_builder(llm: &Running, extra_env: &[(&str, String)]) -> Builder {
-    let root = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let log = root.path().join("serve.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("BUILDER_DATA_DIR", root.path().join("data"))
-        .env("SERVICE_PORT", port.to_string())
-        .env("SANDBOX_TIMEOUT_SECONDS", "120")
-        .env("BUILDER_KEEP_WORKSPACES", "true")
-        .env(
-            "LOG_LEVEL",
-            "info,builder_git=debug,builder_forge=debug,builder_worker=debug,builder_llm=debug",
-        )
-        .env("BAML_CLIENT_PROVIDER", "openai")
-        .env("BAML_CLIENT_MODEL", "scripted-model")
-        .env("BAML_CLIENT_API_KEY", LLM_KEY)
-        .env("BAML_CLIENT_BASE_URL", llm.openai_base_url())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    for var in ["PYENV_ROOT", "PYENV_VERSION", "CARGO_HOME", "RUSTUP_HOME"] {
-        if let Ok(v) = std::env::var(var) {
-            cmd.env(var, v);
-        }
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let builder = Builder {
-        child: cmd.spawn().expect("spawning builder serve"),
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-        root,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !curl_ok(&format!("{}/health", builder.url)) {
-        assert!(
-            Instant::now() < deadline,
-            "builder did not become healthy:\n{}",
-            server_log(&builder)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    builder
-}
-
-fn curl_ok(url: &str) -> bool {
-    Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn server_log(builder: &Builder) -> String {
-    std::fs::read_to_string(&builder.log).unwrap_or_default()
-}
-
-/// A Connect unary call with JSON, as curl makes it.
-fn call(builder: &Builder, method: &str, body: &Value) -> (u16, Value) {
-    use std::io::Write;
-    let mut child = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!("{}/{method}", builder.url))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.to_string().as_bytes())
-        .expect("request body");
-    let out = child.wait_with_output().expect("curl output");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 /// Registers a repository; returns the API's view of it.
-fn register(builder: &Builder, request: Value) -> Value {
+fn register(builder: &Server, request: Value) -> Value {
     let (code, body) = call(
         builder,
         "builder.repository.v1.RepositoryService/Register",
-        &request,
+        request,
     );
     assert_eq!(code, 200, "register: {body}\n{}", server_log(builder));
     assert_eq!(body["repository"]["defaultBranch"], "main", "{body}");
@@ -185,7 +64,7 @@ fn register(builder: &Builder, request: Value) -> Value {
 }
 
 /// Submits the greeting feature, on `branch` when given.
-fn create_feature(builder: &Builder, repo_id: &str, branch: Option<&str>) -> String {
+fn create_feature(builder: &Server, repo_id: &str, branch: Option<&str>) -> String {
     let mut spec = json!({
         "title": "Add a greeting",
         "description": "Add greet(name) to calc.py returning 'Hello, <name>!' with a test.",
@@ -199,7 +78,7 @@ fn create_feature(builder: &Builder, repo_id: &str, branch: Option<&str>) -> Str
     let (code, body) = call(
         builder,
         "builder.feature.v1.FeatureService/Create",
-        &json!({ "spec": spec }),
+        json!({ "spec": spec }),
     );
     assert_eq!(code, 200, "create: {body}");
     body["execution"]["id"]
@@ -208,62 +87,14 @@ fn create_feature(builder: &Builder, repo_id: &str, branch: Option<&str>) -> Str
         .to_owned()
 }
 
-/// Polls Get until the feature ends; returns its execution.
-fn wait_terminal(builder: &Builder, id: &str) -> Value {
-    let deadline = Instant::now() + FEATURE_TIMEOUT;
-    loop {
-        let (code, body) = call(
-            builder,
-            "builder.feature.v1.FeatureService/Get",
-            &json!({ "id": id }),
-        );
-        assert_eq!(code, 200, "get: {body}");
-        let state = body["execution"]["state"].as_str().unwrap_or_default();
-        if matches!(state, "COMPLETED" | "FAILED" | "CANCELLED") {
-            return body["execution"].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "feature {id} still {state} after {FEATURE_TIMEOUT:?}\n{}",
-            server_log(builder)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The feature's whole stream, through ListEvents (the CLI's `feature events --json`).
-fn events(builder: &Builder, id: &str) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .args(["feature", "events", id, "--json"])
-        .env("BUILDER_SERVER", &builder.url)
-        .output()
-        .expect("builder feature events");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("an event as JSON"))
-        .collect()
-}
-
-fn event_types(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap_or_default())
-        .collect()
-}
-
 /// Runs the feature to its end and asserts it delivered; returns the execution.
-fn deliver(builder: &Builder, id: &str) -> Value {
-    let execution = wait_terminal(builder, id);
+fn deliver(builder: &Server, id: &str) -> Value {
+    let execution = wait_terminal(builder, id, FEATURE_TIMEOUT);
     assert_eq!(
         execution["state"],
         "COMPLETED",
         "{execution}\nevents: {:?}\n{}",
-        event_types(&events(builder, id)),
+        types(&events(builder, id)),
         server_log(builder)
     );
     execution
@@ -360,7 +191,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> bool {
 /// Get, in any file under the data directory, nor in `seen_by_others` (what the remotes, the
 /// forge and the LLM recorded, minus the auth they were given).
 fn assert_no_credentials(
-    builder: &Builder,
+    builder: &Server,
     features: &[&str],
     secrets: &[String],
     seen_by_others: &[(&str, String)],
@@ -371,7 +202,7 @@ fn assert_no_credentials(
 
 /// Where [`assert_no_credentials`] finds a secret: one line per (place, secret prefix).
 fn credential_findings(
-    builder: &Builder,
+    builder: &Server,
     features: &[&str],
     secrets: &[String],
     seen_by_others: &[(&str, String)],
@@ -389,7 +220,7 @@ fn credential_findings(
         let (_, got) = call(
             builder,
             "builder.feature.v1.FeatureService/Get",
-            &json!({ "id": id }),
+            json!({ "id": id }),
         );
         texts.push((format!("Get {id}"), got.to_string().into()));
     }
@@ -566,7 +397,7 @@ async fn delivers_to_a_file_url_without_a_credential() {
     assert_branch_in_remote(&bare, &execution);
     let events = events(&builder, &id);
     assert!(
-        !event_types(&events).contains(&"pull_request.opened"),
+        !types(&events).iter().any(|t| t == "pull_request.opened"),
         "a plain remote has no pull request"
     );
     assert_no_credentials(&builder, &[&id], &secret_forms(&[]), &[llm_seen(&llm)]);
