@@ -371,6 +371,22 @@ impl Git {
 
     /// A working copy's invocation: explicit git dir and work tree, so a missing `.git`
     /// never makes git wander up into some enclosing repository.
+    /// `git diff` as builder runs it everywhere: no external diff driver and no textconv
+    /// filter a repository could configure, and revisions that cannot pass for options.
+    fn diff<'a>(
+        &'a self,
+        workdir: &'a Path,
+        options: &[&str],
+        revisions: &[&str],
+    ) -> Invocation<'a> {
+        let mut a = args(["diff"]);
+        a.extend(args(options.iter().copied()));
+        a.extend(args(["--no-ext-diff", "--no-textconv", "--end-of-options"]));
+        a.extend(args(revisions.iter().copied()));
+        a.push("--".into());
+        self.local("diff", workdir, a, "revision")
+    }
+
     fn local<'a>(
         &'a self,
         op: &'a str,
@@ -726,22 +742,7 @@ impl Git {
     pub async fn changed_files(&self, workdir: &Path, base: &str) -> Result<Vec<String>, GitError> {
         validate_rev(base)?;
         let workdir = self.check_workdir(workdir).await?;
-        let tracked = run(self.local(
-            "diff",
-            &workdir,
-            args([
-                "diff",
-                "--name-only",
-                "-z",
-                "--no-ext-diff",
-                "--no-textconv",
-                "--end-of-options",
-                base,
-                "--",
-            ]),
-            "revision",
-        ))
-        .await?;
+        let tracked = run(self.diff(&workdir, &["--name-only", "-z"], &[base])).await?;
         let untracked = run(self.local(
             "ls-files",
             &workdir,
@@ -773,22 +774,7 @@ impl Git {
             "working copy",
         ))
         .await?;
-        let out = run(self.local(
-            "diff",
-            &workdir,
-            args([
-                "diff",
-                "--no-color",
-                "--no-ext-diff",
-                "--no-textconv",
-                "-M",
-                "--end-of-options",
-                base,
-                "--",
-            ]),
-            "revision",
-        ))
-        .await?;
+        let out = run(self.diff(&workdir, &["--no-color", "-M"], &[base])).await?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -858,24 +844,7 @@ impl Git {
         validate_rev(base)?;
         validate_rev(head)?;
         let workdir = self.check_workdir(workdir).await?;
-        let out = run(self.local(
-            "diff",
-            &workdir,
-            args([
-                "diff",
-                "--numstat",
-                "-z",
-                "-M",
-                "--no-ext-diff",
-                "--no-textconv",
-                "--end-of-options",
-                base,
-                head,
-                "--",
-            ]),
-            "revision",
-        ))
-        .await?;
+        let out = run(self.diff(&workdir, &["--numstat", "-z", "-M"], &[base, head])).await?;
         Ok(parse_numstat_z(&out.stdout))
     }
 
@@ -889,23 +858,7 @@ impl Git {
         validate_rev(base)?;
         validate_rev(head)?;
         let workdir = self.check_workdir(workdir).await?;
-        let out = run(self.local(
-            "diff",
-            &workdir,
-            args([
-                "diff",
-                "--no-color",
-                "--no-ext-diff",
-                "--no-textconv",
-                "-M",
-                "--end-of-options",
-                base,
-                head,
-                "--",
-            ]),
-            "revision",
-        ))
-        .await?;
+        let out = run(self.diff(&workdir, &["--no-color", "-M"], &[base, head])).await?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
