@@ -161,11 +161,6 @@ impl LlmConfig {
         })
     }
 
-    /// Whether any provider is configured.
-    pub fn is_configured(&self) -> bool {
-        !self.profiles.is_empty()
-    }
-
     /// The providers to ask, in order: the chosen profile (`default` when none is named)
     /// with `model` replacing its model, then the fallbacks other than it.
     pub fn chain(
@@ -299,7 +294,7 @@ max_tokens = 512
     #[test]
     fn nothing_configured() {
         let c = LlmConfig::from_parts(None, None, |_| None).unwrap();
-        assert!(!c.is_configured());
+        assert!(c.profiles.is_empty());
         assert!(matches!(c.chain(None, None), Err(LlmError::NotConfigured)));
     }
 }

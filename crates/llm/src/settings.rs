@@ -139,12 +139,6 @@ impl LlmSettings {
         Ok(Some(settings))
     }
 
-    /// Like [`LlmSettings::from_env`], with "nothing configured" as
-    /// [`LlmError::NotConfigured`].
-    pub fn require_from_env() -> Result<LlmSettings, LlmError> {
-        LlmSettings::from_env()?.ok_or(LlmError::NotConfigured)
-    }
-
     /// Checks settings however they were built; errors name the environment variable that
     /// sets the field.
     pub fn validate(&self) -> Result<(), LlmError> {
@@ -416,10 +410,6 @@ mod tests {
             }
             Ok("none") => {
                 assert_eq!(LlmSettings::from_env().unwrap(), None);
-                assert!(matches!(
-                    LlmSettings::require_from_env(),
-                    Err(LlmError::NotConfigured)
-                ));
                 return;
             }
             Ok("bad") => {
