@@ -127,6 +127,9 @@ pub struct BwrapRuntime {
     seccomp: bool,
     /// The egress allow-list and its bridge; `None`: no network at all.
     egress: Option<Arc<Egress>>,
+    /// The program that runs the in-sandbox bridge, so that a run can be given its own
+    /// allow-list (`CommandSpec::network`) even when the runtime's is empty.
+    bridge: Option<(PathBuf, Vec<String>)>,
     landlock: Landlock,
 }
 
@@ -150,6 +153,7 @@ impl BwrapRuntime {
             harden_userns: true,
             seccomp: crate::seccomp::program().is_some(),
             egress: None,
+            bridge: None,
             landlock: Landlock::NotConfigured,
         };
         tracing::info!("{}", crate::describe_limits());
@@ -223,6 +227,7 @@ impl BwrapRuntime {
                     config.bridge_program.display()
                 ))
             })?;
+        self.bridge = Some((program.clone(), config.bridge_args_prefix.clone()));
         self.egress = Some(Arc::new(Egress {
             policy: Policy::new(config.allow.clone()),
             allow: config.allow,
@@ -231,6 +236,52 @@ impl BwrapRuntime {
         }));
         self.self_test().map_err(unusable)?;
         Ok(self)
+    }
+
+    /// Lets single runs reach the hosts their `CommandSpec::network` names, through the
+    /// bridge that `config` describes, while the runtime's own allow-list (`config.allow`,
+    /// usually empty) stays as it is.
+    pub fn with_per_run_egress(mut self, config: EgressConfig) -> Result<Self, SandboxError> {
+        let program = config
+            .bridge_program
+            .canonicalize()
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| SandboxError::Unavailable {
+                runtime: Self::NAME,
+                reason: format!(
+                    "network egress bridge program `{}` is not an existing file",
+                    config.bridge_program.display()
+                ),
+            })?;
+        self.bridge = Some((program, config.bridge_args_prefix.clone()));
+        if !config.allow.is_empty() {
+            return self.with_egress(config);
+        }
+        Ok(self)
+    }
+
+    /// The egress of one run: the spec's own allow-list when it names one, else the
+    /// runtime's.
+    fn egress_for(&self, spec: &CommandSpec) -> Result<Option<Arc<Egress>>, SandboxError> {
+        let Some(allow) = &spec.network else {
+            return Ok(self.egress.clone());
+        };
+        if allow.is_empty() {
+            return Ok(None);
+        }
+        let Some((program, args_prefix)) = &self.bridge else {
+            return Err(SandboxError::Unavailable {
+                runtime: Self::NAME,
+                reason: "this run needs network access to named hosts, which takes the egress bridge of the sandbox helper; none is configured".into(),
+            });
+        };
+        Ok(Some(Arc::new(Egress {
+            policy: Policy::new(allow.clone()),
+            allow: allow.clone(),
+            program: program.clone(),
+            args_prefix: args_prefix.clone(),
+        })))
     }
 
     /// Starts every command through the helper program's `exec` subcommand, which applies
@@ -313,12 +364,16 @@ impl BwrapRuntime {
             }
         }
         let out = cmd
-            .args(self.args(
-                &checked,
-                &spec,
-                filter.as_ref().map(|f| f.as_raw_fd()),
-                egress_dir.as_ref().map(|d| d.path()),
-            ))
+            .args(
+                self.args(
+                    &checked,
+                    &spec,
+                    filter.as_ref().map(|f| f.as_raw_fd()),
+                    self.egress
+                        .as_deref()
+                        .zip(egress_dir.as_ref().map(|d| d.path())),
+                ),
+            )
             .env_clear()
             .stdin(std::process::Stdio::null())
             .output()
@@ -348,9 +403,8 @@ impl BwrapRuntime {
         checked: &CheckedSpec,
         spec: &CommandSpec,
         seccomp_fd: Option<RawFd>,
-        egress_dir: Option<&Path>,
+        egress: Option<(&Egress, &Path)>,
     ) -> Vec<OsString> {
-        let egress = self.egress.as_deref().zip(egress_dir);
         let mut a = Args::default();
         a.flag("--unshare-all");
         if self.harden_userns {
@@ -483,8 +537,9 @@ impl SandboxRuntime for BwrapRuntime {
     fn run<'a>(&'a self, spec: &'a CommandSpec) -> RunFuture<'a> {
         Box::pin(async move {
             let checked = check_spec(spec)?;
+            let egress = self.egress_for(spec)?;
             // The run's own proxy: its socket directory is bound into the sandbox below.
-            let proxy = match &self.egress {
+            let proxy = match &egress {
                 Some(e) => Some(ProxyRun::start(e.policy.clone()).map_err(|err| {
                     SandboxError::Unavailable {
                         runtime: Self::NAME,
@@ -507,11 +562,11 @@ impl SandboxRuntime for BwrapRuntime {
                 &checked,
                 spec,
                 filter.as_ref().map(|f| f.as_raw_fd()),
-                proxy.as_ref().map(|p| p.dir()),
+                egress.as_deref().zip(proxy.as_ref().map(|p| p.dir())),
             ))
             .env_clear();
             let mut enforced = common_enforced(spec);
-            enforced.push(match &self.egress {
+            enforced.push(match &egress {
                 Some(e) if proxy.is_some() => {
                     format!("network=allow-list({} hosts) via proxy", e.allow.len())
                 }

@@ -131,6 +131,12 @@ pub struct CommandSpec {
     /// (measured during and after the run; over it the command is killed and fails with
     /// `killed_by = "disk limit"`), and the size of the private `/tmp` tmpfs under bwrap.
     pub max_disk_mb: Option<u64>,
+    /// This run's network, overriding the runtime's egress allow-list: `None` keeps the
+    /// runtime's, `Some(empty)` turns the network off, `Some(hosts)` reaches only those hosts
+    /// through the egress proxy (a dependency phase that may reach only package registries).
+    /// A runtime that cannot honour an allow-list refuses the run rather than widen it
+    /// (`process`, which isolates nothing, has the host's network whatever this says).
+    pub network: Option<Vec<HostPattern>>,
 }
 
 /// Default [`CommandSpec::max_pids`]: room for a parallel build (threads count too:
@@ -148,6 +154,7 @@ impl CommandSpec {
             writable_extra: Vec::new(),
             max_pids: Some(DEFAULT_MAX_PIDS),
             max_disk_mb: None,
+            network: None,
         }
     }
 }
@@ -256,19 +263,22 @@ pub fn runtime_with_options(
                     tcp: options.landlock_tcp,
                 })?;
             }
-            if !options.egress_allow.is_empty() {
-                let Some(helper) = &options.helper else {
+            match &options.helper {
+                Some(helper) => {
+                    rt = rt.with_per_run_egress(EgressConfig::with_helper(
+                        options.egress_allow.clone(),
+                        helper,
+                    ))?;
+                }
+                None if !options.egress_allow.is_empty() => {
                     return Err(SandboxError::Unavailable {
                         runtime: BwrapRuntime::NAME,
                         reason: "network egress allow-list: no helper program configured to \
                                  run the in-sandbox bridge"
                             .into(),
                     });
-                };
-                rt = rt.with_egress(EgressConfig::with_helper(
-                    options.egress_allow.clone(),
-                    helper,
-                ))?;
+                }
+                None => {}
             }
             Ok(Box::new(rt))
         }

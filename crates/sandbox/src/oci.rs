@@ -198,6 +198,14 @@ impl SandboxRuntime for OciRuntime {
 
     fn run<'a>(&'a self, spec: &'a CommandSpec) -> RunFuture<'a> {
         Box::pin(async move {
+            if spec.network.as_ref().is_some_and(|hosts| !hosts.is_empty()) {
+                return Err(SandboxError::Unavailable {
+                    runtime: Self::NAME,
+                    reason: "this run needs network access to named hosts (an egress \
+                             allow-list), which the oci runtime cannot give; use bwrap"
+                        .into(),
+                });
+            }
             let checked = check_spec(spec)?;
             let bundle = Bundle::write(self, &checked, spec)?;
             let mut cmd = tokio::process::Command::new(&self.crun);

@@ -584,3 +584,61 @@ async fn npm_install_reaches_the_npm_registry_through_the_proxy() {
     assert!(out.output.contains("is-number"), "{}", out.output);
     assert!(out.egress_refused.is_empty(), "{:?}", out.egress_refused);
 }
+
+/// A run's own allow-list (`CommandSpec::network`, the dependency phase's way out) reaches
+/// its hosts while the runtime's default stays "no network", and a run that names none is
+/// back to no network at all.
+#[tokio::test]
+async fn a_run_can_be_given_its_own_allow_list_without_widening_the_runtime() {
+    let _serial = SERIAL.lock().await;
+    let (port, seen) = http_server().await;
+    let rt = bwrap()
+        .with_per_run_egress(EgressConfig {
+            allow: Vec::new(),
+            bridge_program: PathBuf::from(HELPER),
+            bridge_args_prefix: helper().net_bridge_prefix(),
+        })
+        .expect("the bridge program exists");
+    let dir = host_dir();
+    let fetch = format!("curl -sS --max-time 20 http://127.0.0.1:{port}/per-run");
+
+    let mut allowed = spec(dir.path(), &fetch);
+    allowed.network = Some(parse_allow_list(&format!("127.0.0.1:{port}")).unwrap());
+    let out = run(&rt, &allowed).await;
+    assert!(out.success(), "{out:?}");
+    assert!(out.output.contains("hello from host"), "{}", out.output);
+    assert!(
+        out.enforced_limits
+            .iter()
+            .any(|l| l == "network=allow-list(1 hosts) via proxy"),
+        "{:?}",
+        out.enforced_limits
+    );
+
+    for network in [None, Some(Vec::new())] {
+        let mut closed = spec(dir.path(), &fetch);
+        closed.network = network.clone();
+        let out = run(&rt, &closed).await;
+        assert!(!out.success(), "{network:?}: {out:?}");
+        assert!(
+            out.enforced_limits.iter().any(|l| l == "network=none"),
+            "{:?}",
+            out.enforced_limits
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the run with its own allow-list reached the server"
+    );
+
+    // Without a bridge program a per-run allow-list is refused, never widened or ignored.
+    let mut needs_bridge = spec(dir.path(), "true");
+    needs_bridge.network = Some(parse_allow_list("127.0.0.1:1").unwrap());
+    match bwrap_without_landlock().run(&needs_bridge).await {
+        Err(SandboxError::Unavailable { reason, .. }) => {
+            assert!(reason.contains("egress bridge"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
