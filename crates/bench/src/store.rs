@@ -115,6 +115,8 @@ fn happy_path(feature_branch: &str) -> Result<Vec<Event>> {
             test_command: Some("echo '1 passed, 0 failed'".into()),
             command_source: "repository_file".into(),
             file_count: 3,
+            reasons: vec![],
+            deps_command: None,
         },
     ];
     v.extend(llm("AnalyzeFeature"));
@@ -176,6 +178,7 @@ fn happy_path(feature_branch: &str) -> Result<Vec<Event>> {
             enforced_limits: vec!["timeout".into()],
         },
         Event::TestsStarted {
+            baseline: false,
             command: "echo '1 passed, 0 failed'".into(),
         },
         Event::TestsCompleted {

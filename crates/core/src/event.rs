@@ -206,6 +206,12 @@ pub enum Event {
         test_command: Option<String>,
         command_source: String,
         file_count: u64,
+        /// Why each command was (or was not) chosen, one line per decision.
+        #[serde(default)]
+        reasons: Vec<String>,
+        /// What fetches the dependencies before build and tests (`cargo fetch`, …).
+        #[serde(default)]
+        deps_command: Option<String>,
     },
     #[serde(rename = "scope.identified")]
     ScopeIdentified {
@@ -311,8 +317,38 @@ pub enum Event {
         runtime: String,
         enforced_limits: Vec<String>,
     },
+    /// Dependencies fetched into the repository's cache, in the sandbox, with only the
+    /// package registries reachable; build and tests then run with no network.
+    #[serde(rename = "dependencies.started")]
+    DependenciesStarted {
+        command: String,
+        /// The hosts the run may reach (`host[:port]`).
+        hosts: Vec<String>,
+        #[serde(default)]
+        baseline: bool,
+    },
+    #[serde(rename = "dependencies.completed")]
+    DependenciesCompleted {
+        command: String,
+        success: bool,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        duration_ms: u64,
+        output_tail: String,
+        #[serde(default)]
+        killed_by: Option<String>,
+        #[serde(default)]
+        egress_refused: Vec<String>,
+        #[serde(default)]
+        baseline: bool,
+    },
     #[serde(rename = "build.started")]
-    BuildStarted { command: String },
+    BuildStarted {
+        command: String,
+        /// The run on the untouched code (see `tests.completed`).
+        #[serde(default)]
+        baseline: bool,
+    },
     #[serde(rename = "build.completed")]
     BuildCompleted {
         command: String,
@@ -338,7 +374,11 @@ pub enum Event {
         egress_refused: Vec<String>,
     },
     #[serde(rename = "tests.started")]
-    TestsStarted { command: String },
+    TestsStarted {
+        command: String,
+        #[serde(default)]
+        baseline: bool,
+    },
     #[serde(rename = "tests.completed")]
     TestsCompleted {
         command: String,
@@ -457,7 +497,25 @@ pub enum Event {
     },
 }
 
+fn prefix(baseline: bool) -> &'static str {
+    if baseline { "baseline " } else { "" }
+}
+
 impl Event {
+    /// Whether this is a record of the baseline run (the untouched code's dependencies,
+    /// build and tests), which runs beside the feature's own steps and changes no state.
+    pub fn is_baseline(&self) -> bool {
+        matches!(
+            self,
+            Event::DependenciesStarted { baseline: true, .. }
+                | Event::DependenciesCompleted { baseline: true, .. }
+                | Event::BuildStarted { baseline: true, .. }
+                | Event::BuildCompleted { baseline: true, .. }
+                | Event::TestsStarted { baseline: true, .. }
+                | Event::TestsCompleted { baseline: true, .. }
+        )
+    }
+
     /// The dotted catalogue name.
     pub fn event_type(&self) -> String {
         match serde_json::to_value(self) {
@@ -610,18 +668,37 @@ impl Event {
                 format!("verification started (iteration {iteration})")
             }
             SandboxCreated { runtime, .. } => format!("sandbox created ({runtime})"),
-            BuildStarted { command } => format!("build: {command}"),
+            DependenciesStarted {
+                command, baseline, ..
+            } => format!("{}dependencies: {command}", prefix(*baseline)),
+            DependenciesCompleted {
+                success,
+                duration_ms,
+                baseline,
+                ..
+            } => format!(
+                "{}dependencies {} in {duration_ms} ms",
+                prefix(*baseline),
+                if *success { "fetched" } else { "failed" }
+            ),
+            BuildStarted { command, baseline } => {
+                format!("{}build: {command}", prefix(*baseline))
+            }
             BuildCompleted {
                 success,
                 duration_ms,
+                baseline,
                 ..
             } => {
                 format!(
-                    "build {} in {duration_ms} ms",
+                    "{}build {} in {duration_ms} ms",
+                    prefix(*baseline),
                     if *success { "succeeded" } else { "failed" }
                 )
             }
-            TestsStarted { command } => format!("tests: {command}"),
+            TestsStarted { command, baseline } => {
+                format!("{}tests: {command}", prefix(*baseline))
+            }
             TestsCompleted {
                 passed,
                 failed,
@@ -631,7 +708,7 @@ impl Event {
                 ..
             } => format!(
                 "{}tests {}: {passed} passed, {failed} failed in {duration_ms} ms",
-                if *baseline { "baseline " } else { "" },
+                prefix(*baseline),
                 if *success { "passed" } else { "failed" }
             ),
             VerificationPassed { summary, .. } => format!("verification passed: {summary}"),

@@ -357,6 +357,16 @@ impl Feature {
     pub fn evolve(&mut self, event: &Event, at: DateTime<Utc>) -> Result<(), TransitionError> {
         use Event::*;
         use FeatureState as S;
+        // The baseline runs beside the feature's steps and is recorded as it happens, even
+        // after the feature ended (its result still tells what the untouched code did); it
+        // changes nothing that decides the next step.
+        if event.is_baseline() {
+            return if self.state == S::Pending {
+                Err(self.illegal(&event.event_type(), "analysis has not started"))
+            } else {
+                Ok(())
+            };
+        }
         if self.state.is_terminal() {
             return Err(self.illegal(&event.event_type(), "the feature has ended"));
         }
@@ -514,15 +524,9 @@ impl Feature {
                 }
                 self.state = S::Verifying;
             }
-            // The baseline runs beside analysis and planning; its results are recorded at
-            // the next step boundary.
-            BuildCompleted { baseline: true, .. } | TestsCompleted { baseline: true, .. } => {
-                self.in_states(
-                    event,
-                    &[S::Analyzing, S::Planning, S::Executing, S::Verifying],
-                )?;
-            }
             SandboxCreated { .. }
+            | DependenciesStarted { .. }
+            | DependenciesCompleted { .. }
             | BuildStarted { .. }
             | BuildCompleted { .. }
             | TestsStarted { .. }

@@ -452,6 +452,9 @@ impl BwrapRuntime {
         for p in &checked.writable_extra {
             a.bind("--bind", p);
         }
+        for p in &checked.readonly_extra {
+            a.bind("--ro-bind", p);
+        }
         a.flag("--chdir").path(&checked.workdir);
         a.flag("--clearenv");
         let mut env = self.toolchains.base_env(Path::new(SANDBOX_HOME));

@@ -23,6 +23,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct CheckedSpec {
     pub workdir: PathBuf,
     pub writable_extra: Vec<PathBuf>,
+    pub readonly_extra: Vec<PathBuf>,
 }
 
 pub(crate) fn check_spec(spec: &CommandSpec) -> Result<CheckedSpec, SandboxError> {
@@ -56,6 +57,11 @@ pub(crate) fn check_spec(spec: &CommandSpec) -> Result<CheckedSpec, SandboxError
         .iter()
         .map(|p| dir(p, "writable_extra"))
         .collect::<Result<Vec<_>, _>>()?;
+    let readonly_extra = spec
+        .readonly_extra
+        .iter()
+        .map(|p| dir(p, "readonly_extra"))
+        .collect::<Result<Vec<_>, _>>()?;
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(SandboxError::InvalidSpec(format!(
@@ -71,6 +77,7 @@ pub(crate) fn check_spec(spec: &CommandSpec) -> Result<CheckedSpec, SandboxError
     Ok(CheckedSpec {
         workdir,
         writable_extra,
+        readonly_extra,
     })
 }
 

@@ -123,6 +123,9 @@ pub struct CommandSpec {
     pub limits: SandboxLimits,
     /// Further directories bound read-write at the same path (e.g. a per-feature cache).
     pub writable_extra: Vec<PathBuf>,
+    /// Further directories bound read-only at the same path (e.g. a dependency cache that
+    /// an earlier phase filled and this one may only read).
+    pub readonly_extra: Vec<PathBuf>,
     /// Most processes (threads included) alive at once in the sandbox, through the run's
     /// cgroup: contains fork bombs. Defaults to [`DEFAULT_MAX_PIDS`]. (Here rather than in
     /// `SandboxLimits` because callers build that struct with a literal.)
@@ -152,6 +155,7 @@ impl CommandSpec {
             env: Vec::new(),
             limits: SandboxLimits::default(),
             writable_extra: Vec::new(),
+            readonly_extra: Vec::new(),
             max_pids: Some(DEFAULT_MAX_PIDS),
             max_disk_mb: None,
             network: None,

@@ -305,6 +305,9 @@ impl Bundle {
         for p in std::iter::once(&checked.workdir).chain(&checked.writable_extra) {
             mounts.push(bind(p, false));
         }
+        for p in &checked.readonly_extra {
+            mounts.push(bind(p, true));
+        }
         let config = rt.config(checked, spec, mounts);
         std::fs::write(
             dir.path().join("config.json"),

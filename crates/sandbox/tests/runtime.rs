@@ -215,3 +215,39 @@ async fn npm_test_with_node_test_runs_inside_bwrap_and_its_counts_parse() {
         out.output
     );
 }
+
+/// A read-only extra directory (a dependency cache filled by an earlier phase) can be read
+/// and not written, under bwrap and crun alike.
+#[tokio::test]
+async fn readonly_extra_directories_are_readable_but_not_writable() {
+    let work = host_dir();
+    let cache = host_dir();
+    std::fs::write(cache.path().join("dep.txt"), "fetched").unwrap();
+    let cmd = format!(
+        "cat {c}/dep.txt; echo; if echo x > {c}/poison 2>/dev/null; then echo WROTE; else echo REFUSED; fi",
+        c = cache.path().display()
+    );
+    let mut s = spec(work.path(), &cmd);
+    s.readonly_extra = vec![cache.path().to_path_buf()];
+    let runtimes: Vec<Box<dyn SandboxRuntime>> = vec![
+        Box::new(bwrap()),
+        Box::new(OciRuntime::detect().expect("crun (scripts/setup installs it)")),
+    ];
+    for rt in runtimes {
+        let out = run(rt.as_ref(), &s).await;
+        assert!(out.success(), "{}: {out:?}", rt.name());
+        assert!(
+            out.output.contains("fetched"),
+            "{}: {}",
+            rt.name(),
+            out.output
+        );
+        assert!(
+            out.output.contains("REFUSED"),
+            "{}: {}",
+            rt.name(),
+            out.output
+        );
+        assert!(!cache.path().join("poison").exists(), "{}", rt.name());
+    }
+}

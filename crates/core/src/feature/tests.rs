@@ -102,6 +102,8 @@ fn happy_prefix() -> Vec<Event> {
             test_command: Some("cargo test".into()),
             command_source: "detected".into(),
             file_count: 3,
+            reasons: vec![],
+            deps_command: None,
         },
         Event::AnalysisCompleted { duration_ms: 5 },
         Event::PlanningStarted {},
@@ -641,4 +643,74 @@ fn remote_state_says_what_the_remote_holds() {
         "{}",
         f.remote_state()
     );
+}
+
+fn baseline_tests_completed() -> Event {
+    Event::TestsCompleted {
+        command: "cargo test".into(),
+        success: true,
+        exit_code: Some(0),
+        timed_out: false,
+        passed: 3,
+        failed: 0,
+        ignored: 0,
+        duration_ms: 9,
+        output_tail: String::new(),
+        killed_by: None,
+        limits_hit: vec![],
+        baseline: true,
+        report_format: None,
+        failures: vec![],
+        preexisting_failures: vec![],
+        diagnostics: vec![],
+        egress_refused: vec![],
+    }
+}
+
+#[test]
+fn the_baseline_is_recorded_as_it_happens_even_after_the_feature_ended() {
+    let failed = Event::FeatureFailed {
+        error: ExecutionError {
+            code: ErrorCode::AnalysisFailed,
+            message: "the LLM could not analyse the request".into(),
+            details: String::new(),
+            retryable: true,
+            failed_step: "analysis".into(),
+        },
+    };
+    let started = Event::TestsStarted {
+        command: "cargo test".into(),
+        baseline: true,
+    };
+    let (f, _) = stream(vec![
+        requested(1),
+        Event::AnalysisStarted {},
+        started.clone(),
+        failed,
+        baseline_tests_completed(),
+    ])
+    .unwrap();
+    assert_eq!(
+        f.state,
+        FeatureState::Failed,
+        "the baseline changes no state"
+    );
+
+    // Not before analysis started, and the feature's own runs only while verifying.
+    let err = stream(vec![requested(1), started]).unwrap_err();
+    assert!(err.reason.contains("analysis has not started"), "{err}");
+    for own in [
+        Event::TestsStarted {
+            command: "cargo test".into(),
+            baseline: false,
+        },
+        Event::DependenciesStarted {
+            command: "cargo fetch".into(),
+            hosts: vec![],
+            baseline: false,
+        },
+    ] {
+        let err = stream(vec![requested(1), Event::AnalysisStarted {}, own]).unwrap_err();
+        assert!(err.reason.contains("only allowed in VERIFYING"), "{err}");
+    }
 }
