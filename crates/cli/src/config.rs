@@ -19,6 +19,9 @@ pub struct Config {
     /// SANDBOX_NETWORK_EGRESS_WHITELIST: hosts sandboxed commands may reach through
     /// builder's proxy (empty: no network at all).
     pub egress_allow: Vec<builder_sandbox::HostPattern>,
+    /// BUILDER_DEPS_EGRESS_WHITELIST: hosts every dependency phase may reach, beyond the
+    /// registries found in this host's package-manager configuration.
+    pub deps_egress_allow: Vec<builder_sandbox::HostPattern>,
     pub sandbox_timeout: Duration,
     pub sandbox_memory_mb: Option<u64>,
     pub sandbox_cpu: Option<f32>,
@@ -171,6 +174,10 @@ impl Config {
                 &var("SANDBOX_NETWORK_EGRESS_WHITELIST").unwrap_or_default(),
             )
             .context("SANDBOX_NETWORK_EGRESS_WHITELIST")?,
+            deps_egress_allow: builder_sandbox::parse_allow_list(
+                &var("BUILDER_DEPS_EGRESS_WHITELIST").unwrap_or_default(),
+            )
+            .context("BUILDER_DEPS_EGRESS_WHITELIST")?,
             sandbox_timeout: secs("SANDBOX_TIMEOUT_SECONDS", 600)?,
             sandbox_memory_mb,
             sandbox_cpu,

@@ -248,6 +248,14 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(file = %ca.display(), "trusting the extra CA file for git and forge APIs");
     }
     let git = Arc::new(git);
+    let registries = builder_worker::RegistryHosts::discover(config.deps_egress_allow.clone());
+    for (ecosystem, hosts) in &registries.by_ecosystem {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        tracing::info!(ecosystem, hosts = %hosts.join(","), "dependency phase registries");
+    }
+    for note in &registries.notes {
+        tracing::info!("dependency phase: {note}");
+    }
     let worker = Worker::new(
         store.clone(),
         git.clone(),
@@ -265,6 +273,7 @@ pub async fn serve(config: Config) -> Result<()> {
             keep_workspaces: config.keep_workspaces,
             cache_base: config.data_dir.join("cache"),
             baseline_mode: config.baseline_mode,
+            registries,
             llm_stream: config.llm_stream,
             max_concurrent_sandboxes: config.max_concurrent_sandboxes,
             max_concurrent_llm_calls: config.max_concurrent_llm_calls,

@@ -231,6 +231,28 @@ async fn feedback_block_is_absent_without_feedback() {
     assert!(!prompt.contains("previous attempt"), "{prompt}");
 }
 
+/// A repair asks with `step_index` past the plan's last step: the prompt says it is a
+/// repair instead of naming a step that does not exist.
+#[tokio::test]
+async fn a_repair_prompt_names_no_missing_step() {
+    let server = start(Script::new(vec![Entry::text(EDITS), Entry::text(EDITS)]))
+        .await
+        .unwrap();
+    let sidecar = sidecar().await;
+    let client = sidecar.client(openai(&server, &fresh_key()));
+    let steps = plan().steps.len() as u32;
+    client
+        .generate(&request(), &plan(), steps, &[], Some("error[E0425]: x"))
+        .await
+        .unwrap();
+    let prompt = prompt_of(&server.requests()[0]);
+    assert!(prompt.contains("You are the repair step"), "{prompt}");
+    assert!(!prompt.contains("Implement step"), "{prompt}");
+    assert!(!prompt.contains("Step to implement now"), "{prompt}");
+    assert!(prompt.contains("E0425"), "{prompt}");
+    sidecar.shutdown().await;
+}
+
 #[tokio::test]
 async fn rate_limits_and_overload_are_retried_and_counted() {
     let server = start(Script::new(vec![

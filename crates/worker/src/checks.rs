@@ -27,6 +27,10 @@ pub(crate) struct Baseline {
     pub per_test: bool,
     /// The build (or the test command) failed outright before any test ran.
     pub broken: bool,
+    /// The dependencies could not be fetched (an environment problem).
+    pub deps_failed: bool,
+    /// The build command failed on the untouched code.
+    pub build_failed: bool,
     pub summary: String,
 }
 
@@ -65,6 +69,52 @@ pub(crate) fn tail(s: &str, max: usize) -> String {
         start += 1;
     }
     s[start..].to_string()
+}
+
+/// The end of a command's output as the model should read it: whole lines only, and when
+/// the output has errors, without the compiler's warning blocks (which can bury them).
+pub(crate) fn output_for_model(output: &str, has_errors: bool, max: usize) -> String {
+    let kept: String = if has_errors {
+        drop_warning_blocks(output)
+    } else {
+        output.to_string()
+    };
+    if kept.len() <= max {
+        return kept;
+    }
+    let cut = tail(&kept, max);
+    match cut.find('\n') {
+        Some(i) if i + 1 < cut.len() => format!("[… earlier output cut]\n{}", &cut[i + 1..]),
+        _ => cut,
+    }
+}
+
+/// Removes rustc/cargo-style `warning:` blocks (a `warning` line up to the next blank line)
+/// and their `N warnings emitted` summaries.
+fn drop_warning_blocks(output: &str) -> String {
+    let mut out = String::with_capacity(output.len());
+    let mut in_warning = false;
+    for line in output.lines() {
+        let t = line.trim_start();
+        if t.starts_with("warning:") || t.starts_with("warning[") {
+            // A summary ("generated 3 warnings", "2 warnings emitted") is one line.
+            in_warning = !t.contains(" warning") && !t.contains("warnings emitted");
+            continue;
+        }
+        if in_warning {
+            if line.trim().is_empty() {
+                in_warning = false;
+                continue;
+            }
+            if !t.starts_with("error") {
+                continue;
+            }
+            in_warning = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn diagnostics(output: &str) -> Vec<Diagnostic> {
@@ -131,7 +181,7 @@ pub(crate) fn build_checked(command: &str, out: &ExecOutcome, baseline: bool) ->
         let feedback = format!(
             "{}{}",
             diagnostics_block(&diags),
-            tail(&out.output, EVENT_OUTPUT_BYTES)
+            output_for_model(&out.output, !diags.is_empty(), EVENT_OUTPUT_BYTES)
         );
         (why, feedback)
     });
@@ -148,6 +198,45 @@ pub(crate) fn build_checked(command: &str, out: &ExecOutcome, baseline: bool) ->
             baseline,
             diagnostics: diags,
             egress_refused: egress(out),
+        },
+        failure,
+    }
+}
+
+/// A finished dependency phase.
+pub(crate) fn deps_checked(
+    command: &str,
+    out: &ExecOutcome,
+    baseline: bool,
+    hosts: &[builder_sandbox::HostPattern],
+) -> BuildChecked {
+    let success = out.success();
+    let failure = (!success).then(|| {
+        let why = match &out.killed_by {
+            Some(limit) => format!("fetching the dependencies was stopped by the sandbox's {limit}"),
+            None if !out.egress_refused.is_empty() => format!(
+                "fetching the dependencies failed: the sandbox refused {} (allowed: {}; add registries to BUILDER_DEPS_EGRESS_WHITELIST)",
+                egress(out).join(", "),
+                if hosts.is_empty() { "no host".to_string() } else { hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ") }
+            ),
+            None => format!(
+                "fetching the dependencies failed (`{command}`, registries reachable: {})",
+                if hosts.is_empty() { "none".to_string() } else { hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ") }
+            ),
+        };
+        (why, output_for_model(&out.output, false, EVENT_OUTPUT_BYTES))
+    });
+    BuildChecked {
+        event: Event::DependenciesCompleted {
+            command: command.to_string(),
+            success,
+            exit_code: out.exit_code,
+            timed_out: out.timed_out,
+            duration_ms: out.duration.as_millis() as u64,
+            output_tail: tail(&out.output, EVENT_OUTPUT_BYTES),
+            killed_by: out.killed_by.clone(),
+            egress_refused: egress(out),
+            baseline,
         },
         failure,
     }
@@ -326,7 +415,11 @@ pub(crate) fn tests_checked(
         if let Some(b) = baseline.filter(|_| !baseline_run) {
             feedback.push_str(&format!("Before the change: {}\n\n", b.summary));
         }
-        feedback.push_str(&tail(&out.output, EVENT_OUTPUT_BYTES));
+        feedback.push_str(&output_for_model(
+            &out.output,
+            !diags.is_empty(),
+            EVENT_OUTPUT_BYTES,
+        ));
         (why, feedback)
     });
 
@@ -359,10 +452,40 @@ pub(crate) fn tests_checked(
             per_test,
             broken: counts.executed() == 0,
             summary: summary.clone(),
+            ..Baseline::default()
         },
         summary,
         report_json,
     }
+}
+
+/// Why a failed test run is not the change's doing, so that no repair iteration is spent
+/// on it: the tests did not run at all on the untouched code either, or (when pre-existing
+/// failures are not tolerated) every failure already failed there.
+pub(crate) fn not_caused_by_the_change(
+    now: &Baseline,
+    before: Option<&Baseline>,
+    mode: BaselineMode,
+) -> Option<String> {
+    let before = before?;
+    if now.broken && before.broken {
+        return Some(format!(
+            "the tests do not run on the untouched code either ({}): an environment problem, not the change's",
+            before.summary
+        ));
+    }
+    if mode == BaselineMode::Strict
+        && now.per_test
+        && before.per_test
+        && !now.failing.is_empty()
+        && now.failing.is_subset(&before.failing)
+    {
+        return Some(format!(
+            "every failing test also fails on the untouched code ({}), and BUILDER_VERIFY_BASELINE=strict does not tolerate pre-existing failures",
+            now.failing.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -384,6 +507,62 @@ mod tests {
             limits_hit: vec![],
             egress_refused: vec![],
         }
+    }
+
+    #[test]
+    fn the_model_reads_whole_lines_and_errors_without_warning_blocks() {
+        let out = "   Compiling x v0.1.0\nwarning: unused variable: `a`\n --> src/lib.rs:1:5\n  |\n1 | let a = 1;\n\nerror[E0425]: cannot find value `b`\n --> src/lib.rs:2:5\n\nwarning: `x` (lib) generated 1 warning\nerror: could not compile `x`\n";
+        let kept = output_for_model(out, true, 10_000);
+        assert!(!kept.contains("unused variable"), "{kept}");
+        assert!(!kept.contains("generated 1 warning"), "{kept}");
+        assert!(
+            kept.contains("error[E0425]: cannot find value `b`"),
+            "{kept}"
+        );
+        assert!(kept.contains("could not compile"), "{kept}");
+        // Without errors the warnings are what there is to read.
+        assert!(output_for_model(out, false, 10_000).contains("unused variable"));
+        // Cut at a line boundary, and says so.
+        let long = (0..200)
+            .map(|i| format!("line number {i}\n"))
+            .collect::<String>();
+        let cut = output_for_model(&long, false, 100);
+        assert!(
+            cut.starts_with("[… earlier output cut]\nline number "),
+            "{cut}"
+        );
+        assert!(cut.ends_with("line number 199\n"), "{cut}");
+    }
+
+    #[test]
+    fn failures_the_untouched_code_had_are_not_the_changes() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let broken = Baseline {
+            broken: true,
+            summary: "0 passed, 0 failed, 0 ignored".into(),
+            ..Baseline::default()
+        };
+        let why = not_caused_by_the_change(&broken, Some(&broken), BaselineMode::Tolerate);
+        assert!(why.is_some_and(|w| w.contains("environment")));
+        let before = Baseline {
+            failing: names(&["a::old"]),
+            per_test: true,
+            ..Baseline::default()
+        };
+        let same = Baseline {
+            failing: names(&["a::old"]),
+            per_test: true,
+            ..Baseline::default()
+        };
+        let new = Baseline {
+            failing: names(&["a::old", "a::new"]),
+            per_test: true,
+            ..Baseline::default()
+        };
+        assert!(not_caused_by_the_change(&same, Some(&before), BaselineMode::Strict).is_some());
+        assert!(not_caused_by_the_change(&new, Some(&before), BaselineMode::Strict).is_none());
+        assert!(not_caused_by_the_change(&broken, Some(&before), BaselineMode::Tolerate).is_none());
+        assert!(not_caused_by_the_change(&broken, None, BaselineMode::Tolerate).is_none());
     }
 
     const CARGO_FAIL: &str = "running 3 tests\ntest a::ok ... ok\ntest a::old ... FAILED\ntest a::new ... FAILED\n\nfailures:\n\n---- a::old stdout ----\nthread 'a::old' panicked at src/lib.rs:10:5:\nold bug\n\n---- a::new stdout ----\nthread 'a::new' panicked at src/lib.rs:20:5:\nnew bug\n\nfailures:\n    a::new\n    a::old\n\ntest result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n";

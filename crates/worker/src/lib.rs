@@ -9,10 +9,12 @@
 //! the API crate or on a particular bus.
 
 mod checks;
+mod registries;
 mod sandboxing;
 mod steps;
 
 pub use checks::BaselineMode;
+pub use registries::RegistryHosts;
 
 use builder_core::{EventEnvelope, Feature, FeatureId, NextStep, RepositoryId};
 use builder_git::Git;
@@ -60,6 +62,8 @@ pub struct WorkerConfig {
     pub llm_stream: bool,
     /// What the baseline run on the untouched copy is for (`BUILDER_VERIFY_BASELINE`).
     pub baseline_mode: BaselineMode,
+    /// The package registries a dependency phase may reach.
+    pub registries: RegistryHosts,
 }
 
 /// The LLM as the worker sees it: either ready, or a clear statement of what is missing.
@@ -88,7 +92,7 @@ pub struct Worker {
     pub(crate) me: std::sync::Weak<Worker>,
     /// Baseline runs in flight or finished but not yet recorded, by feature.
     pub(crate) baselines:
-        Mutex<HashMap<FeatureId, tokio::task::JoinHandle<sandboxing::BaselineRun>>>,
+        Mutex<HashMap<FeatureId, tokio::task::JoinHandle<Option<checks::Baseline>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,15 +347,31 @@ impl Worker {
     }
 
     async fn cleanup(&self, feature: &Feature) {
-        // A baseline still running for a feature that ended is of no use to anyone.
         let handle = self
             .baselines
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&feature.id);
         if let Some(handle) = handle {
+            if feature.state == builder_core::FeatureState::Failed {
+                // What the untouched code does is still worth knowing (was the failure the
+                // repository's own?): let the baseline finish and record itself, then clean.
+                let Some(me) = self.me.upgrade() else {
+                    return;
+                };
+                let feature = feature.clone();
+                tokio::spawn(async move {
+                    let _ = handle.await;
+                    me.remove_dirs(&feature).await;
+                });
+                return;
+            }
             handle.abort();
         }
+        self.remove_dirs(feature).await;
+    }
+
+    async fn remove_dirs(&self, feature: &Feature) {
         if self.config.keep_workspaces {
             return;
         }

@@ -1,47 +1,77 @@
-//! How the worker runs a repository's commands: the sandbox spec with the feature's build
-//! caches and report directory, and the baseline run on the untouched code.
+//! How the worker runs a repository's commands: the sandbox spec of each phase (dependencies,
+//! build, tests) on each tree (the feature's working copy, or the baseline's copy of the
+//! untouched code), and the baseline run itself.
+//!
+//! The invariant this module keeps: the build and tests that decide delivery run on exactly
+//! the working copy, with no compiled output from another tree. Each tree has its own build
+//! cache (cargo's target directory, Go's build cache, XDG caches): cargo decides freshness by
+//! timestamps and its test binaries embed their tree's path, so output shared between the
+//! baseline copy and the working copy would be taken as fresh for edited sources, or would
+//! point into a tree that is not mounted. Only package downloads, which the package managers
+//! verify by checksum and which hold no compiled output, are shared by a repository's trees;
+//! cargo's download cache is written only by the dependency phase and read-only otherwise.
 
-use crate::checks::{Baseline, build_checked, read_reports, tests_checked};
+use crate::checks::{Baseline, build_checked, deps_checked, read_reports, tests_checked};
 use crate::steps::{Resource, framework_of};
-use crate::{StepError, Worker};
-use builder_core::Feature;
+use crate::{PRODUCER, StepError, Worker};
 use builder_core::event::Event;
+use builder_core::{Feature, FeatureId};
 use builder_git::GitCredential;
-use builder_sandbox::{CommandSpec, SandboxLimits};
+use builder_sandbox::{CommandSpec, ExecOutcome, HostPattern, SandboxLimits};
 use std::path::{Path, PathBuf};
 
-/// What a baseline run produced, to be recorded by the feature's next step.
-pub(crate) struct BaselineRun {
-    pub events: Vec<Event>,
-    pub baseline: Option<Baseline>,
-    pub artifacts: Vec<(String, Vec<u8>)>,
-    /// Why there is no baseline (the copy could not be made, the sandbox failed…).
-    pub skipped: Option<String>,
+/// Which tree a command runs on; each has its own compiled output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tree {
+    Work,
+    Baseline,
 }
 
-impl BaselineRun {
-    pub(crate) fn skipped(why: String) -> BaselineRun {
-        BaselineRun {
-            events: Vec::new(),
-            baseline: None,
-            artifacts: Vec::new(),
-            skipped: Some(why),
+impl Tree {
+    fn cache_dir(self) -> &'static str {
+        match self {
+            Tree::Work => "work",
+            Tree::Baseline => "baseline",
         }
     }
 }
 
-/// Cache directories below the feature's and the repository's cache, and the variables
-/// that point the usual tools at them.
-const FEATURE_CACHES: [(&str, &str); 3] = [
+/// What a command is for, which decides its network and what it may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase<'h> {
+    /// Fetches dependencies: only these package registry hosts are reachable, and the
+    /// repository's download caches are writable.
+    Dependencies(&'h [HostPattern]),
+    /// Build and tests: no network (unless the operator's egress allow-list says
+    /// otherwise), downloads read from the caches the dependency phase filled.
+    Check,
+}
+
+/// What the commands of a tree are: from `codebase.analyzed`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Commands {
+    pub deps: Option<String>,
+    pub build: Option<String>,
+    pub test: Option<String>,
+    pub languages: Vec<String>,
+}
+
+/// Compiled output, per feature and tree, and the variables that point the usual tools at it.
+const TREE_CACHES: [(&str, &str); 3] = [
     ("CARGO_TARGET_DIR", "cargo-target"),
     ("GOCACHE", "go-build"),
     ("XDG_CACHE_HOME", "xdg"),
 ];
+/// Package downloads shared by a repository's features and trees.
 const REPOSITORY_CACHES: [(&str, &str); 3] = [
     ("npm_config_cache", "npm"),
     ("PIP_CACHE_DIR", "pip"),
     ("GOMODCACHE", "go-mod"),
 ];
+/// Cargo's home for the repository: registry index, downloaded crates and their sources.
+/// Written only by the dependency phase: extracted sources are code every later build
+/// compiles, so a build must not be able to change them for the next one.
+const CARGO_HOME_DIR: &str = "cargo-home";
 
 impl Worker {
     /// The sandbox spec of one command, and the directory it may write reports into
@@ -52,10 +82,16 @@ impl Worker {
         workdir: &Path,
         command: &str,
         label: &str,
+        tree: Tree,
+        phase: Phase<'_>,
     ) -> Result<(CommandSpec, PathBuf), StepError> {
-        let feature_cache = self.feature_cache(feature.id);
+        let tree_cache = self.feature_cache(feature.id).join(tree.cache_dir());
         let repo_cache = self.repository_cache(feature.spec.repository_id);
-        let reports = feature_cache.join("reports").join(label);
+        let reports = self
+            .feature_cache(feature.id)
+            .join("reports")
+            .join(tree.cache_dir())
+            .join(label);
         let io = |what: &str, e: std::io::Error| {
             StepError::Infrastructure(format!("preparing the {what}: {e}"))
         };
@@ -68,23 +104,43 @@ impl Worker {
             .await
             .map_err(|e| io("report directory", e))?;
         let mut spec = CommandSpec::new(workdir, command);
-        for (var, dir) in FEATURE_CACHES {
-            let path = feature_cache.join(dir);
+        for (var, dir) in TREE_CACHES {
+            let path = tree_cache.join(dir);
             tokio::fs::create_dir_all(&path)
                 .await
                 .map_err(|e| io("build cache", e))?;
             spec.env.push((var.into(), path.display().to_string()));
         }
+        let shared = repo_cache.join("shared");
         for (var, dir) in REPOSITORY_CACHES {
-            let path = repo_cache.join(dir);
+            let path = shared.join(dir);
             tokio::fs::create_dir_all(&path)
                 .await
                 .map_err(|e| io("download cache", e))?;
             spec.env.push((var.into(), path.display().to_string()));
         }
+        let cargo_home = repo_cache.join(CARGO_HOME_DIR);
+        tokio::fs::create_dir_all(&cargo_home)
+            .await
+            .map_err(|e| io("cargo home", e))?;
+        spec.env
+            .push(("CARGO_HOME".into(), cargo_home.display().to_string()));
         spec.env
             .push(("BUILDER_REPORT_DIR".into(), reports.display().to_string()));
-        spec.writable_extra = vec![feature_cache, repo_cache];
+        spec.writable_extra = vec![tree_cache, reports.clone(), shared];
+        match phase {
+            Phase::Dependencies(hosts) => {
+                spec.writable_extra.push(cargo_home);
+                spec.network = Some(hosts.to_vec());
+                spec.env.push(("CARGO_NET_OFFLINE".into(), "false".into()));
+            }
+            Phase::Check => {
+                spec.readonly_extra.push(cargo_home);
+                // Dependencies came from the dependency phase; cargo must not try the
+                // network, whatever the egress allow-list lets through.
+                spec.env.push(("CARGO_NET_OFFLINE".into(), "true".into()));
+            }
+        }
         spec.limits = SandboxLimits {
             timeout: self.config.sandbox_timeout,
             max_output_bytes: self.config.max_output_bytes,
@@ -94,20 +150,91 @@ impl Worker {
         Ok((spec, reports))
     }
 
-    /// Builds and tests a fresh clone of the feature's working copy as it was checked out
-    /// (its uncommitted changes are not in a clone), so the result is the untouched code's.
+    /// Runs one command in the sandbox and reads the reports it left.
+    pub(crate) async fn run_phase(
+        &self,
+        feature: &Feature,
+        dir: &Path,
+        command: &str,
+        label: &str,
+        tree: Tree,
+        phase: Phase<'_>,
+    ) -> Result<(ExecOutcome, Vec<(String, String)>), StepError> {
+        let (spec, reports) = self
+            .command_spec(feature, dir, command, label, tree, phase)
+            .await?;
+        let out = self
+            .sandbox
+            .run(&spec)
+            .await
+            .map_err(|e| StepError::Infrastructure(format!("sandbox: {e}")))?;
+        Ok((out, read_reports(&reports).await))
+    }
+
+    /// The registry hosts a dependency phase for these commands may reach.
+    pub(crate) fn dependency_hosts(&self, commands: &Commands) -> Vec<HostPattern> {
+        self.config.registries.for_languages(&commands.languages)
+    }
+
+    /// Appends records that change no state (the baseline's) whatever the feature's steps
+    /// appended meanwhile, so they are in the stream as they happen.
+    pub(crate) async fn record_side(&self, id: FeatureId, events: Vec<Event>) {
+        for _ in 0..50 {
+            let feature = match self.load(id).await {
+                Ok(Some((feature, _))) => feature,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(feature = %id, error = %e, "cannot record the baseline");
+                    return;
+                }
+            };
+            match builder_store::append_events(
+                &*self.store,
+                &feature,
+                events.clone(),
+                None,
+                PRODUCER,
+            )
+            .await
+            {
+                Ok(_) => return,
+                Err(builder_store::AppendError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(feature = %id, error = %e, "cannot record the baseline");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(feature = %id, "the baseline could not be recorded: the feature kept changing");
+    }
+
+    pub(crate) async fn write_feature_artifact(&self, id: FeatureId, name: &str, bytes: &[u8]) {
+        let dir = self.artifacts_dir(id);
+        let result = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(dir.join(name), bytes).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(feature = %id, artifact = name, error = %e, "could not write artifact");
+        }
+    }
+
+    /// Fetches dependencies, builds and tests a fresh clone of the feature's working copy as
+    /// it was checked out (uncommitted changes are not in a clone), recording each step as
+    /// it happens. `None` when there is no baseline (and the log says why).
     pub(crate) async fn baseline(
         &self,
         feature: &Feature,
-        build: Option<String>,
-        test: String,
-    ) -> BaselineRun {
+        commands: &Commands,
+    ) -> Option<Baseline> {
         let workdir = self.workdir(feature.id);
         let dir = self.baseline_dir(feature.id);
         if tokio::fs::try_exists(&dir).await.unwrap_or(false)
             && let Err(e) = tokio::fs::remove_dir_all(&dir).await
         {
-            return BaselineRun::skipped(format!("clearing {}: {e}", dir.display()));
+            tracing::warn!(feature = %feature.id, error = %e, "no baseline: clearing its copy");
+            return None;
         }
         let source = format!("file://{}", workdir.display());
         if let Err(e) = self
@@ -115,71 +242,135 @@ impl Worker {
             .clone_repo(&source, &dir, None, &GitCredential::None)
             .await
         {
-            return BaselineRun::skipped(format!("copying the untouched code: {e}"));
+            tracing::warn!(feature = %feature.id, error = %e, "no baseline: copying the untouched code");
+            return None;
         }
-        let run = self.baseline_in(feature, &dir, build, test).await;
+        let result = self.baseline_in(feature, &dir, commands).await;
         if !self.config.keep_workspaces {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
-        run
+        match result {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(feature = %feature.id, error = %e, "no baseline");
+                None
+            }
+        }
     }
 
     async fn baseline_in(
         &self,
         feature: &Feature,
         dir: &Path,
-        build: Option<String>,
-        test: String,
-    ) -> BaselineRun {
+        commands: &Commands,
+    ) -> Result<Option<Baseline>, StepError> {
+        let Some(test) = commands.test.clone() else {
+            return Ok(None);
+        };
         let repo = feature.spec.repository_id;
         // The same slots as any verification: the baseline is not free capacity.
         let mut permits = Vec::new();
-        for (semaphore, _) in [
-            (
-                self.repository_slots(
-                    Resource::Sandbox,
-                    repo,
-                    self.config.max_sandboxes_per_repository,
-                ),
-                "repository",
+        for semaphore in [
+            self.repository_slots(
+                Resource::Sandbox,
+                repo,
+                self.config.max_sandboxes_per_repository,
             ),
-            (self.sandbox_slots.clone(), "global"),
+            self.sandbox_slots.clone(),
         ] {
-            match semaphore.acquire_owned().await {
-                Ok(p) => permits.push(p),
-                Err(_) => return BaselineRun::skipped("the sandbox slots were closed".into()),
+            permits.push(
+                semaphore.acquire_owned().await.map_err(|_| {
+                    StepError::Infrastructure("the sandbox slots were closed".into())
+                })?,
+            );
+        }
+        let id = feature.id;
+        if let Some(deps) = &commands.deps {
+            let hosts = self.dependency_hosts(commands);
+            self.record_side(
+                id,
+                vec![Event::DependenciesStarted {
+                    command: deps.clone(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                    baseline: true,
+                }],
+            )
+            .await;
+            let (out, _) = self
+                .run_phase(
+                    feature,
+                    dir,
+                    deps,
+                    "baseline-deps",
+                    Tree::Baseline,
+                    Phase::Dependencies(&hosts),
+                )
+                .await?;
+            self.write_feature_artifact(id, "baseline-deps.log", out.output.as_bytes())
+                .await;
+            let checked = deps_checked(deps, &out, true, &hosts);
+            self.record_side(id, vec![checked.event]).await;
+            if checked.failure.is_some() {
+                return Ok(Some(Baseline {
+                    broken: true,
+                    deps_failed: true,
+                    summary: "the dependencies could not be fetched".into(),
+                    ..Baseline::default()
+                }));
             }
         }
-        let mut run = BaselineRun {
-            events: Vec::new(),
-            baseline: None,
-            artifacts: Vec::new(),
-            skipped: None,
-        };
-        if let Some(build) = build {
-            let out = match self.run_in(feature, dir, &build, "baseline-build").await {
-                Ok((out, _)) => out,
-                Err(e) => return BaselineRun::skipped(format!("the baseline build: {e}")),
-            };
-            run.artifacts
-                .push(("baseline-build.log".into(), out.output.clone().into_bytes()));
-            let checked = build_checked(&build, &out, true);
-            run.events.push(checked.event);
+        if let Some(build) = &commands.build {
+            self.record_side(
+                id,
+                vec![Event::BuildStarted {
+                    command: build.clone(),
+                    baseline: true,
+                }],
+            )
+            .await;
+            let (out, _) = self
+                .run_phase(
+                    feature,
+                    dir,
+                    build,
+                    "baseline-build",
+                    Tree::Baseline,
+                    Phase::Check,
+                )
+                .await?;
+            self.write_feature_artifact(id, "baseline-build.log", out.output.as_bytes())
+                .await;
+            let checked = build_checked(build, &out, true);
+            self.record_side(id, vec![checked.event]).await;
             if checked.failure.is_some() {
-                run.baseline = Some(Baseline {
+                return Ok(Some(Baseline {
                     broken: true,
+                    build_failed: true,
                     summary: "the build failed".into(),
                     ..Baseline::default()
-                });
-                return run;
+                }));
             }
         }
-        let (out, reports) = match self.run_in(feature, dir, &test, "baseline-tests").await {
-            Ok(r) => r,
-            Err(e) => return BaselineRun::skipped(format!("the baseline tests: {e}")),
-        };
-        run.artifacts
-            .push(("baseline-tests.log".into(), out.output.clone().into_bytes()));
+        self.record_side(
+            id,
+            vec![Event::TestsStarted {
+                command: test.clone(),
+                baseline: true,
+            }],
+        )
+        .await;
+        let (out, reports) = self
+            .run_phase(
+                feature,
+                dir,
+                &test,
+                "baseline-tests",
+                Tree::Baseline,
+                Phase::Check,
+            )
+            .await?;
+        self.write_feature_artifact(id, "baseline-tests.log", out.output.as_bytes())
+            .await;
         let checked = tests_checked(
             &test,
             framework_of(&test),
@@ -189,26 +380,12 @@ impl Worker {
             None,
             self.config.baseline_mode,
         );
-        if let Some(json) = checked.report_json {
-            run.artifacts.push(("baseline-tests.json".into(), json));
+        if let Some(json) = &checked.report_json {
+            self.write_feature_artifact(id, "baseline-tests.json", json)
+                .await;
         }
-        run.events.push(checked.event);
-        run.baseline = Some(checked.as_baseline);
-        run
-    }
-
-    async fn run_in(
-        &self,
-        feature: &Feature,
-        dir: &Path,
-        command: &str,
-        label: &str,
-    ) -> Result<(builder_sandbox::ExecOutcome, Vec<(String, String)>), String> {
-        let (spec, reports) = self
-            .command_spec(feature, dir, command, label)
-            .await
-            .map_err(|e| e.to_string())?;
-        let out = self.sandbox.run(&spec).await.map_err(|e| e.to_string())?;
-        Ok((out, read_reports(&reports).await))
+        self.record_side(id, vec![checked.event]).await;
+        drop(permits);
+        Ok(Some(checked.as_baseline))
     }
 }

@@ -122,6 +122,11 @@ impl Run<'_> {
                 .get("test_command")
                 .cloned()
                 .filter(|s| !s.trim().is_empty()),
+            deps: repo
+                .properties
+                .get("deps_command")
+                .cloned()
+                .filter(|s| !s.trim().is_empty()),
         };
         let profile = match builder_analysis::detect(&workdir, &overrides) {
             Ok(p) => p,
@@ -138,11 +143,11 @@ impl Run<'_> {
             test_command: profile.test_command.clone(),
             command_source: format!("{:?}", profile.source).to_lowercase(),
             file_count: profile.file_count as u64,
+            reasons: profile.reasons.clone(),
+            deps_command: profile.deps_command.clone(),
         }])
         .await?;
-        if let Some(test) = profile.test_command.clone() {
-            self.start_baseline(profile.build_command.clone(), test);
-        }
+        self.start_baseline();
 
         let client = match self.llm().await {
             Ok(c) => c,

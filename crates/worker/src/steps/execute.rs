@@ -4,7 +4,9 @@ impl Run<'_> {
     // ---------------------------------------------------------------- execution
 
     pub(super) async fn execute(&mut self, iteration: u32) -> Result<(), StepError> {
-        self.record_baseline(false).await?;
+        if self.baseline_broke().await? {
+            return Ok(());
+        }
         let workdir = self.workdir();
         if !tokio::fs::try_exists(workdir.join(".git"))
             .await

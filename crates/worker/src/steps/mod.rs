@@ -2,9 +2,9 @@
 //! so a watcher sees progress live and a crash loses at most the step in flight.
 
 use crate::checks::{
-    Baseline, BaselineMode, EVENT_OUTPUT_BYTES, build_checked, read_reports, tail, tests_checked,
+    Baseline, BaselineMode, EVENT_OUTPUT_BYTES, build_checked, not_caused_by_the_change, tail,
+    tests_checked,
 };
-use crate::sandboxing::BaselineRun;
 use crate::{Llm, PRODUCER, StepError, Worker};
 use builder_core::event::{
     DeliveryResult, ErrorCode, Event, ExecutionError, ExecutionPlan, LlmUsage, PlanStep,
@@ -103,11 +103,57 @@ fn ms(since: Instant) -> u64 {
 
 impl Run<'_> {
     async fn emit(&mut self, events: Vec<Event>) -> Result<(), StepError> {
-        let t = builder_store::append_events(&*self.w.store, &self.feature, events, None, PRODUCER)
-            .await?;
-        self.feature = t.feature;
-        self.events.extend(t.envelopes);
-        Ok(())
+        loop {
+            match builder_store::append_events(
+                &*self.w.store,
+                &self.feature,
+                events.clone(),
+                None,
+                PRODUCER,
+            )
+            .await
+            {
+                Ok(t) => {
+                    self.feature = t.feature;
+                    self.events.extend(t.envelopes);
+                    return Ok(());
+                }
+                // The baseline records itself beside the step; only that may have moved the
+                // stream for the step to go on with its view.
+                Err(builder_store::AppendError::Conflict) => {
+                    if !self.catch_up().await? {
+                        return Err(StepError::Conflict);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes in the events appended since this step loaded the stream when every one of
+    /// them is a baseline record (which changes no state). `false` when something else
+    /// moved the feature (a cancel, another worker) or nothing did.
+    async fn catch_up(&mut self) -> Result<bool, StepError> {
+        let newer = self
+            .w
+            .store
+            .read_stream(self.feature.id, self.feature.version)
+            .await
+            .map_err(|e| StepError::Infrastructure(e.to_string()))?;
+        if newer.is_empty()
+            || !newer
+                .iter()
+                .all(|e| e.event().is_ok_and(|e| e.is_baseline()))
+        {
+            return Ok(false);
+        }
+        for env in newer {
+            self.feature
+                .apply(&env)
+                .map_err(|e| StepError::Infrastructure(format!("the stream does not fold: {e}")))?;
+            self.events.push(env);
+        }
+        Ok(true)
     }
 
     /// The last event of the stream for which `f` returns something.

@@ -7,7 +7,9 @@ impl Run<'_> {
         if self.feature.state == FeatureState::Analyzing {
             self.emit(vec![Event::PlanningStarted {}]).await?;
         }
-        self.record_baseline(false).await?;
+        if self.baseline_broke().await? {
+            return Ok(());
+        }
         if self.retry_from_at_least("execution") {
             let Some(taken) = self
                 .take_over(|e| {

@@ -1,4 +1,6 @@
 use super::*;
+use crate::checks::deps_checked;
+use crate::sandboxing::{Commands, Phase, Tree};
 
 impl Run<'_> {
     // ---------------------------------------------------------------- verification
@@ -8,17 +10,8 @@ impl Run<'_> {
             self.emit(vec![Event::VerificationStarted { iteration }])
                 .await?;
         }
-        let (build, test) = self
-            .last(|e| match e {
-                Event::CodebaseAnalyzed {
-                    build_command,
-                    test_command,
-                    ..
-                } => Some((build_command, test_command)),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let Some(test) = test else {
+        let commands = self.commands();
+        let Some(test) = commands.test.clone() else {
             let reason = "no test command was detected or declared, so the change cannot be verified; declare one in .builder.toml ([commands] test = \"…\") or the repository's test_command property".to_string();
             return self
                 .fail(
@@ -34,10 +27,16 @@ impl Run<'_> {
                 )
                 .await;
         };
-        // What the untouched code did decides which failures are new.
+        // What the untouched code did decides which failures are new, and whether a
+        // failure is the repository's own rather than the change's.
         let baseline = self
-            .record_baseline(self.w.config.baseline_mode == BaselineMode::Tolerate)
+            .baseline_result(self.w.config.baseline_mode == BaselineMode::Tolerate)
             .await?;
+        if let Some(b) = &baseline
+            && (b.deps_failed || b.build_failed)
+        {
+            return self.fail_environment(b).await;
+        }
         let _slot = self.slot(Resource::Sandbox).await?;
         self.emit(vec![Event::SandboxCreated {
             runtime: self.w.sandbox.name().to_string(),
@@ -47,15 +46,43 @@ impl Run<'_> {
 
         let workdir = self.workdir();
         let mut failure: Option<(String, String)> = None;
-        if let Some(build) = build {
-            self.emit(vec![Event::BuildStarted {
-                command: build.clone(),
+        if let Some(deps) = &commands.deps {
+            let hosts = self.w.dependency_hosts(&commands);
+            self.emit(vec![Event::DependenciesStarted {
+                command: deps.clone(),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                baseline: false,
             }])
             .await?;
-            let (out, _) = self.sandboxed(&workdir, &build, "build").await?;
+            let (out, _) = self
+                .w
+                .run_phase(
+                    &self.feature,
+                    &workdir,
+                    deps,
+                    "deps",
+                    Tree::Work,
+                    Phase::Dependencies(&hosts),
+                )
+                .await?;
+            self.write_artifact(&format!("deps-{iteration}.log"), out.output.as_bytes())
+                .await;
+            let checked = deps_checked(deps, &out, false, &hosts);
+            self.emit(vec![checked.event]).await?;
+            failure = checked.failure;
+        }
+        if failure.is_none()
+            && let Some(build) = &commands.build
+        {
+            self.emit(vec![Event::BuildStarted {
+                command: build.clone(),
+                baseline: false,
+            }])
+            .await?;
+            let (out, _) = self.checked_run(&workdir, build, "build").await?;
             self.write_artifact(&format!("build-{iteration}.log"), out.output.as_bytes())
                 .await;
-            let checked = build_checked(&build, &out, false);
+            let checked = build_checked(build, &out, false);
             self.emit(vec![checked.event]).await?;
             failure = checked.failure;
         }
@@ -63,9 +90,10 @@ impl Run<'_> {
         if failure.is_none() {
             self.emit(vec![Event::TestsStarted {
                 command: test.clone(),
+                baseline: false,
             }])
             .await?;
-            let (out, reports) = self.sandboxed(&workdir, &test, "tests").await?;
+            let (out, reports) = self.checked_run(&workdir, &test, "tests").await?;
             self.write_artifact(&format!("tests-{iteration}.log"), out.output.as_bytes())
                 .await;
             let checked = tests_checked(
@@ -83,7 +111,19 @@ impl Run<'_> {
             }
             self.emit(vec![checked.event]).await?;
             test_summary = checked.summary;
-            failure = checked.failure;
+            if let Some(f) = checked.failure {
+                if let Some(why) = not_caused_by_the_change(
+                    &checked.as_baseline,
+                    baseline.as_ref(),
+                    self.w.config.baseline_mode,
+                ) {
+                    self.emit(vec![Event::SandboxDestroyed {}]).await?;
+                    return self
+                        .fail(None, ErrorCode::TestFailed, why, f.1, false)
+                        .await;
+                }
+                failure = Some(f);
+            }
         }
         self.emit(vec![Event::SandboxDestroyed {}]).await?;
         if let Some((reason, output)) = failure {
@@ -138,54 +178,57 @@ impl Run<'_> {
         }
     }
 
-    pub(super) fn enforced_limits(&self) -> Vec<String> {
-        let mut limits = vec![format!(
-            "timeout {}s",
-            self.w.config.sandbox_timeout.as_secs()
-        )];
-        if let Some(mb) = self.w.config.sandbox_memory_mb {
-            limits.push(format!("memory {mb} MB requested"));
-        }
-        if let Some(cpu) = self.w.config.sandbox_cpu {
-            limits.push(format!("cpu {cpu} requested"));
-        }
-        // What the host can actually enforce; each run's outcome says what held.
-        limits.push(builder_sandbox::describe_limits());
-        limits
-    }
-
-    /// Runs `command` on `workdir` in the sandbox with the feature's caches, and reads the
-    /// report files it left in `$BUILDER_REPORT_DIR`.
-    pub(super) async fn sandboxed(
+    /// A build or test command on the working copy (no network, its own build cache).
+    async fn checked_run(
         &self,
         workdir: &Path,
         command: &str,
         label: &str,
     ) -> Result<(ExecOutcome, Vec<(String, String)>), StepError> {
-        let (spec, reports) = self
-            .w
-            .command_spec(&self.feature, workdir, command, label)
-            .await?;
-        let out = self
-            .w
-            .sandbox
-            .run(&spec)
+        self.w
+            .run_phase(
+                &self.feature,
+                workdir,
+                command,
+                label,
+                Tree::Work,
+                Phase::Check,
+            )
             .await
-            .map_err(|e| StepError::Infrastructure(format!("sandbox: {e}")))?;
-        Ok((out, read_reports(&reports).await))
+    }
+
+    /// The commands analysis recorded.
+    pub(super) fn commands(&self) -> Commands {
+        self.last(|e| match e {
+            Event::CodebaseAnalyzed {
+                languages,
+                build_command,
+                test_command,
+                deps_command,
+                ..
+            } => Some(Commands {
+                deps: deps_command,
+                build: build_command,
+                test: test_command,
+                languages,
+            }),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
 
     /// Starts the baseline run on a clone of the untouched working copy, beside analysis and
-    /// planning; its results are recorded at the next step boundary.
-    pub(super) fn start_baseline(&self, build: Option<String>, test: String) {
-        if self.w.config.baseline_mode == BaselineMode::Off {
+    /// planning; it records itself as it goes.
+    pub(super) fn start_baseline(&self) {
+        let commands = self.commands();
+        if self.w.config.baseline_mode == BaselineMode::Off || commands.test.is_none() {
             return;
         }
         let Some(w) = self.w.me.upgrade() else {
             return;
         };
         let feature = self.feature.clone();
-        let handle = tokio::spawn(async move { w.baseline(&feature, build, test).await });
+        let handle = tokio::spawn(async move { w.baseline(&feature, &commands).await });
         let previous = self
             .w
             .baselines
@@ -197,13 +240,45 @@ impl Run<'_> {
         }
     }
 
-    /// Records the baseline's results once they exist (or, with `wait`, waits for them,
-    /// running the baseline now if none is running, e.g. after a restart). `None` when
-    /// there is none (yet).
-    pub(super) async fn record_baseline(
-        &mut self,
-        wait: bool,
-    ) -> Result<Option<Baseline>, StepError> {
+    /// At a step boundary: when the baseline has shown that the untouched code cannot fetch
+    /// its dependencies or does not build, the feature ends now, as an environment problem,
+    /// instead of spending LLM calls and repair iterations on it. `true` when it ended.
+    pub(super) async fn baseline_broke(&mut self) -> Result<bool, StepError> {
+        self.catch_up().await?;
+        match self.recorded_baseline() {
+            Some(b) if b.deps_failed || b.build_failed => {
+                self.fail_environment(&b).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn fail_environment(&mut self, b: &Baseline) -> Result<(), StepError> {
+        let what = if b.deps_failed {
+            "the dependencies of the untouched code could not be fetched"
+        } else {
+            "the untouched code does not build"
+        };
+        let message = format!(
+            "{what}, before any change was made: an environment problem, not the change's (see the baseline's events and logs)"
+        );
+        // Fetching may work later (a registry back, an allow-list fixed); a build that fails
+        // on the repository as it is will not fix itself.
+        self.fail(
+            None,
+            ErrorCode::BuildFailed,
+            message,
+            b.summary.clone(),
+            b.deps_failed,
+        )
+        .await
+    }
+
+    /// The baseline's result: as recorded, or (with `wait`) once the run in flight ends, or
+    /// a run started now (after a restart). `None` when there is none (yet).
+    async fn baseline_result(&mut self, wait: bool) -> Result<Option<Baseline>, StepError> {
+        self.catch_up().await?;
         if let Some(b) = self.recorded_baseline() {
             return Ok(Some(b));
         }
@@ -217,42 +292,48 @@ impl Run<'_> {
                 _ => None,
             }
         };
-        let run = match handle {
-            Some(h) => match h.await {
-                Ok(run) => run,
-                Err(e) => BaselineRun::skipped(format!("the baseline task ended: {e}")),
-            },
+        let waiting = Event::StepWaiting {
+            resource: "baseline".into(),
+            detail: "waiting for the baseline run on the untouched code to finish".into(),
+        };
+        let result = match handle {
+            Some(h) => {
+                if !h.is_finished() {
+                    self.emit(vec![waiting]).await?;
+                }
+                h.await.unwrap_or(None)
+            }
             None if wait => {
-                let Some((build, Some(test))) = self.last(|e| match e {
-                    Event::CodebaseAnalyzed {
-                        build_command,
-                        test_command,
-                        ..
-                    } => Some((build_command, test_command)),
-                    _ => None,
-                }) else {
+                let commands = self.commands();
+                if commands.test.is_none() {
                     return Ok(None);
-                };
-                self.w.baseline(&self.feature, build, test).await
+                }
+                self.emit(vec![waiting]).await?;
+                self.w.baseline(&self.feature, &commands).await
             }
             None => return Ok(None),
         };
-        for (name, bytes) in &run.artifacts {
-            self.write_artifact(name, bytes).await;
-        }
-        if let Some(why) = &run.skipped {
-            tracing::warn!(feature = %self.feature.id, reason = %why, "no baseline run");
-            return Ok(None);
-        }
-        self.emit(run.events).await?;
-        Ok(run.baseline)
+        self.catch_up().await?;
+        Ok(result)
     }
 
     /// The baseline as the stream recorded it.
-    pub(super) fn recorded_baseline(&self) -> Option<Baseline> {
+    fn recorded_baseline(&self) -> Option<Baseline> {
         let mut found = None;
         for e in self.events.iter().filter_map(|e| e.event().ok()) {
             match e {
+                Event::DependenciesCompleted {
+                    baseline: true,
+                    success: false,
+                    ..
+                } => {
+                    found = Some(Baseline {
+                        broken: true,
+                        deps_failed: true,
+                        summary: "the dependencies could not be fetched".into(),
+                        ..Baseline::default()
+                    })
+                }
                 Event::BuildCompleted {
                     baseline: true,
                     success: false,
@@ -260,6 +341,7 @@ impl Run<'_> {
                 } => {
                     found = Some(Baseline {
                         broken: true,
+                        build_failed: true,
                         summary: "the build failed".into(),
                         ..Baseline::default()
                     })
@@ -279,12 +361,29 @@ impl Run<'_> {
                         per_test: report_format.is_some() && failures.len() as u32 >= failed,
                         broken: passed + failed == 0,
                         summary: format!("{passed} passed, {failed} failed, {ignored} ignored"),
+                        ..Baseline::default()
                     })
                 }
                 _ => {}
             }
         }
         found
+    }
+
+    pub(super) fn enforced_limits(&self) -> Vec<String> {
+        let mut limits = vec![format!(
+            "timeout {}s",
+            self.w.config.sandbox_timeout.as_secs()
+        )];
+        if let Some(mb) = self.w.config.sandbox_memory_mb {
+            limits.push(format!("memory {mb} MB requested"));
+        }
+        if let Some(cpu) = self.w.config.sandbox_cpu {
+            limits.push(format!("cpu {cpu} requested"));
+        }
+        // What the host can actually enforce; each run's outcome says what held.
+        limits.push(builder_sandbox::describe_limits());
+        limits
     }
 
     pub(super) async fn diff(&self) -> String {
