@@ -71,6 +71,17 @@ impl Run<'_> {
             self.emit(vec![checked.event]).await?;
             failure = checked.failure;
         }
+        // The tree the build and tests run on: the change, with what dependency resolution
+        // wrote (a lockfile). What they write into the working copy is their output, not
+        // part of the change, and is taken out again below, so the commit is this tree.
+        let verified_tree = match self.w.git.checkpoint(&workdir).await {
+            Ok(tree) => tree,
+            Err(e) => {
+                return Err(StepError::Infrastructure(format!(
+                    "recording the tree under verification: {e}"
+                )));
+            }
+        };
         if failure.is_none()
             && let Some(build) = &commands.build
         {
@@ -118,6 +129,7 @@ impl Run<'_> {
                     self.w.config.baseline_mode,
                 ) {
                     self.emit(vec![Event::SandboxDestroyed {}]).await?;
+                    self.back_to(&workdir, &verified_tree).await?;
                     return self
                         .fail(None, ErrorCode::TestFailed, why, f.1, false)
                         .await;
@@ -126,6 +138,7 @@ impl Run<'_> {
             }
         }
         self.emit(vec![Event::SandboxDestroyed {}]).await?;
+        self.back_to(&workdir, &verified_tree).await?;
         if let Some((reason, output)) = failure {
             return self
                 .emit(vec![Event::VerificationFailed {
@@ -176,6 +189,26 @@ impl Run<'_> {
                     .await
             }
         }
+    }
+
+    /// Puts the working copy back to the tree that was verified, when the build or tests
+    /// wrote into it (test output, generated files), so that exactly that tree is delivered.
+    async fn back_to(&self, workdir: &Path, tree: &str) -> Result<(), StepError> {
+        let now = self
+            .w
+            .git
+            .checkpoint(workdir)
+            .await
+            .map_err(|e| StepError::Infrastructure(format!("reading the working copy: {e}")))?;
+        if now == tree {
+            return Ok(());
+        }
+        tracing::info!(feature = %self.feature.id, "the build or tests wrote into the working copy; restoring the verified tree");
+        self.w
+            .git
+            .restore_checkpoint(workdir, tree)
+            .await
+            .map_err(|e| StepError::Infrastructure(format!("restoring the verified tree: {e}")))
     }
 
     /// A build or test command on the working copy (no network, its own build cache).
