@@ -1,6 +1,7 @@
 //! What of a repository an LLM gets to see: the file tree, and file contents chosen by
-//! relevance (path hints first, then project manifests, then small shallow source files)
-//! until a token budget is spent.
+//! relevance (path hints first, then project manifests, then small shallow source files),
+//! all of it within one token budget. The tree gets at most a share of it and, when cut,
+//! keeps the paths nearest the hints and the shallowest.
 //!
 //! Tokens are estimated without a tokenizer (the provider's is not known here): a run of
 //! ASCII counts one token per four characters, every other character one token each. That
@@ -18,8 +19,14 @@ use crate::walk::{self, Entry};
 
 /// Larger files are never included: they are generated, data, or too big to be worth it.
 pub const MAX_CONTEXT_FILE_BYTES: u64 = 64 * 1024;
-/// The tree is cut to this many paths (shallowest first) so huge repositories stay bounded.
+/// The tree never lists more paths than this, whatever the budget, so huge repositories
+/// stay bounded in memory and in the prompt.
 pub const MAX_TREE_ENTRIES: usize = 5_000;
+/// The file tree may spend at most `1 / TREE_SHARE_DIVISOR` of the token budget. The tree
+/// is the model's map of the repository — it names the files it may ask for or edit — but
+/// contents are what it reasons about: a quarter keeps several hundred paths in a 24k
+/// budget and leaves three quarters for files. What the tree does not use goes to files.
+pub const TREE_SHARE_DIVISOR: u64 = 4;
 
 /// Manifests and docs that say what the project is, in this order, when at the root.
 const KEY_FILES: &[&str] = &[
@@ -49,12 +56,32 @@ const LOCKFILES: &[&str] = &[
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoContext {
-    /// Relative, `/`-separated paths of regular files, sorted.
+    /// Relative, `/`-separated paths of regular files, sorted. When `tree_truncated`, the
+    /// last line is not a path but says how many paths were left out.
     pub file_tree: Vec<String>,
     /// `(relative path, content)` in order of relevance.
     pub files: Vec<(String, String)>,
-    /// The repository had more than `MAX_TREE_ENTRIES` files; deeper ones were left out.
+    /// Paths were left out of the tree: beyond its share of the token budget or beyond
+    /// `MAX_TREE_ENTRIES`. Those kept are the hinted ones, their neighbours and the
+    /// shallowest.
     pub tree_truncated: bool,
+    /// Estimated tokens of the tree (a line each) and the files (path, content and fence
+    /// each) together; never more than the budget `repo_context` was given.
+    #[serde(default)]
+    pub estimated_tokens: u64,
+}
+
+impl RepoContext {
+    /// Recounts what this context costs (`estimated_tokens` as `repo_context` left it,
+    /// unless the fields were changed since).
+    pub fn estimate(&self) -> u64 {
+        tree_tokens(&self.file_tree)
+            + self
+                .files
+                .iter()
+                .map(|(p, c)| file_tokens(p, c))
+                .sum::<u64>()
+    }
 }
 
 /// Estimated tokens of `text` (see the module's header).
@@ -72,15 +99,33 @@ pub fn estimate_tokens(text: &str) -> u64 {
     tokens + ascii_run.div_ceil(4)
 }
 
-/// What one included file costs: its path, its content and the fence around it.
+/// What one included file costs in a prompt: its path, its content and the fence around it.
 fn file_tokens(rel: &str, text: &str) -> u64 {
     const FENCE: u64 = 8;
     estimate_tokens(rel) + estimate_tokens(text) + FENCE
 }
 
+/// What one line of the file tree costs: the path, plus one for its indentation and line
+/// break (a path of `n` ASCII characters estimates at `ceil(n / 4)`, the rendered line at
+/// most one more).
+fn tree_line_tokens(line: &str) -> u64 {
+    estimate_tokens(line) + 1
+}
+
+/// What a file tree costs in a prompt, one line per entry.
+fn tree_tokens(tree: &[String]) -> u64 {
+    tree.iter().map(|l| tree_line_tokens(l)).sum()
+}
+
+/// The tree's last line when paths were left out.
+fn omitted_line(n: usize) -> String {
+    format!("[… {n} more paths not listed]")
+}
+
 /// Collects the context of `workdir`. `hints` are paths or names from the request (a file,
 /// a directory, a file name or a fragment of a path); `max_tokens` bounds the estimated
-/// tokens of the included files (paths, contents and fences).
+/// tokens of everything returned: the file tree (at most its share, see
+/// `TREE_SHARE_DIVISOR`) and the included files (paths, contents and fences).
 pub fn repo_context(
     workdir: &Path,
     hints: &[String],
@@ -91,11 +136,19 @@ pub fn repo_context(
     }
     let entries = walk::files(workdir)?;
     let hints: Vec<String> = hints.iter().filter_map(|h| normalise_hint(h)).collect();
+    let ranks: Vec<Option<(usize, u8)>> =
+        entries.iter().map(|e| hint_rank(&hints, &e.rel)).collect();
+
+    // The tree is settled first, within its share, so that a huge listing can never crowd
+    // out the hinted files; what it leaves of its share goes to files.
+    let (file_tree, tree_truncated, tree_used) =
+        file_tree(&entries, &ranks, max_tokens / TREE_SHARE_DIVISOR);
 
     let mut order: Vec<&Entry> = Vec::new();
     let mut hinted: Vec<((usize, u8), &Entry)> = entries
         .iter()
-        .filter_map(|e| hint_rank(&hints, &e.rel).map(|r| (r, e)))
+        .zip(&ranks)
+        .filter_map(|(e, r)| r.map(|r| (r, e)))
         .collect();
     hinted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.rel.cmp(&b.1.rel)));
     order.extend(hinted.into_iter().map(|(_, e)| e));
@@ -111,7 +164,8 @@ pub fn repo_context(
 
     let mut files = Vec::new();
     let mut seen = HashSet::new();
-    let mut remaining = max_tokens;
+    let files_budget = max_tokens - tree_used;
+    let mut remaining = files_budget;
     for e in order {
         if !seen.insert(e.rel.as_str()) {
             continue;
@@ -137,22 +191,84 @@ pub fn repo_context(
         files.push((e.rel.clone(), text));
     }
 
-    let tree_truncated = entries.len() > MAX_TREE_ENTRIES;
-    let mut file_tree: Vec<String> = if tree_truncated {
-        let mut by_depth: Vec<&Entry> = entries.iter().collect();
-        by_depth.sort_by_key(|e| (depth(&e.rel), e.rel.as_str()));
-        by_depth.truncate(MAX_TREE_ENTRIES);
-        by_depth.into_iter().map(|e| e.rel.clone()).collect()
-    } else {
-        entries.iter().map(|e| e.rel.clone()).collect()
-    };
-    file_tree.sort();
-
     Ok(RepoContext {
         file_tree,
         files,
         tree_truncated,
+        estimated_tokens: tree_used + (files_budget - remaining),
     })
+}
+
+/// At most this many hinted directories are measured against, so a hint matching half the
+/// repository costs a bounded amount of work.
+const MAX_NEAR_DIRS: usize = 64;
+
+/// The sorted tree within `budget` tokens: every path if they fit, otherwise a prefix of a
+/// ranking and a last line counting what was left out (unless even that line does not fit).
+/// Hinted paths rank first; the others by how close they are to the root or to a hinted
+/// file's directory, whichever is closer — so the top level, which says what the project
+/// is, and a hinted file's neighbours come before deep paths elsewhere — then shallowest.
+/// Returns the tree, whether paths were left out, and its cost.
+fn file_tree(
+    entries: &[Entry],
+    ranks: &[Option<(usize, u8)>],
+    budget: u64,
+) -> (Vec<String>, bool, u64) {
+    let full: u64 = entries.iter().map(|e| tree_line_tokens(&e.rel)).sum();
+    if entries.len() <= MAX_TREE_ENTRIES && full <= budget {
+        // Entries come from the walk sorted by path.
+        return (entries.iter().map(|e| e.rel.clone()).collect(), false, full);
+    }
+    let mut hinted: Vec<((usize, u8), &str)> = entries
+        .iter()
+        .zip(ranks)
+        .filter_map(|(e, r)| r.map(|r| (r, parent(&e.rel))))
+        .collect();
+    hinted.sort_unstable();
+    let mut near_dirs: Vec<&str> = Vec::new();
+    for (_, dir) in hinted {
+        if near_dirs.len() == MAX_NEAR_DIRS {
+            break;
+        }
+        if !near_dirs.contains(&dir) {
+            near_dirs.push(dir);
+        }
+    }
+    let mut ranked: Vec<(bool, usize, usize, &str)> = entries
+        .iter()
+        .zip(ranks)
+        .map(|(e, r)| {
+            let dir = parent(&e.rel);
+            let closeness = near_dirs
+                .iter()
+                .map(|h| dir_distance(dir, h))
+                .fold(depth(&e.rel), usize::min);
+            (r.is_none(), closeness, depth(&e.rel), e.rel.as_str())
+        })
+        .collect();
+    ranked.sort_unstable();
+
+    // Room for the closing line, priced with the largest count it could show.
+    let reserve = tree_line_tokens(&omitted_line(entries.len()));
+    if reserve > budget {
+        return (Vec::new(), true, 0);
+    }
+    let mut used = reserve;
+    let mut kept = Vec::new();
+    for (_, _, _, rel) in ranked {
+        let cost = tree_line_tokens(rel);
+        // A prefix of the ranking, not a best fit: a long path left out does not let
+        // less relevant short ones in.
+        if kept.len() == MAX_TREE_ENTRIES || used + cost > budget {
+            break;
+        }
+        used += cost;
+        kept.push(rel.to_string());
+    }
+    kept.sort();
+    kept.push(omitted_line(entries.len() - kept.len()));
+    let cost = tree_tokens(&kept);
+    (kept, true, cost)
 }
 
 /// Hints compare as relative `/`-paths; a hint with `..` or only separators matches nothing
@@ -190,6 +306,26 @@ fn hint_rank(hints: &[String], rel: &str) -> Option<(usize, u8)> {
 
 fn file_name(rel: &str) -> &str {
     rel.rsplit('/').next().unwrap_or(rel)
+}
+
+/// The directory part of `rel` (`""` at the root).
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// Steps up from `a` to the directory it shares with `b`, then down to `b` (`""` is the
+/// root).
+fn dir_distance(a: &str, b: &str) -> usize {
+    let components = |d: &str| if d.is_empty() { 0 } else { depth(d) + 1 };
+    let common = if a.is_empty() || b.is_empty() {
+        0
+    } else {
+        a.split('/')
+            .zip(b.split('/'))
+            .take_while(|(x, y)| x == y)
+            .count()
+    };
+    components(a) + components(b) - 2 * common
 }
 
 fn depth(rel: &str) -> usize {
@@ -300,7 +436,8 @@ mod tests {
         let ctx = repo_context(d.path(), &["big.py".to_string()], 40).unwrap();
         assert_eq!(paths(&ctx), vec!["z.py", "a/small.py"]);
         let used: u64 = ctx.files.iter().map(|(p, c)| file_tokens(p, c)).sum();
-        assert!(used <= 40);
+        assert_eq!(ctx.estimated_tokens, used + tree_tokens(&ctx.file_tree));
+        assert!(ctx.estimated_tokens <= 40);
         assert_eq!(repo_context(d.path(), &[], 0).unwrap().files, vec![]);
     }
 
@@ -340,10 +477,120 @@ mod tests {
             std::fs::write(d.path().join(format!("deep/er/f{i}.txt")), "").unwrap();
         }
         std::fs::write(d.path().join("top.txt"), "").unwrap();
-        let ctx = repo_context(d.path(), &[], 0).unwrap();
+        // A budget the whole tree would fit in: the entry cap still applies.
+        let ctx = repo_context(d.path(), &[], 1 << 30).unwrap();
         assert!(ctx.tree_truncated);
-        assert_eq!(ctx.file_tree.len(), MAX_TREE_ENTRIES);
+        assert_eq!(ctx.file_tree.len(), MAX_TREE_ENTRIES + 1);
         assert!(ctx.file_tree.contains(&"top.txt".to_string()));
+        assert_eq!(ctx.file_tree.last().unwrap(), &omitted_line(11));
+    }
+
+    /// How the prompt lays the tree out (`RepoContextBlock` in baml_src/types.baml).
+    fn rendered_tree(ctx: &RepoContext) -> String {
+        ctx.file_tree.iter().map(|p| format!("  {p}\n")).collect()
+    }
+
+    #[test]
+    fn twenty_thousand_files_stay_within_a_small_budget() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..20_000 {
+            let dir = d.path().join(format!("pkg{}/module{}", i / 1000, i / 100));
+            if i % 100 == 0 {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            std::fs::write(dir.join(format!("file_{i}.rs")), "pub fn f() {}\n").unwrap();
+        }
+        std::fs::write(d.path().join("README.md"), "# big\n").unwrap();
+        let hint = "pkg7/module73/file_7342.rs".to_string();
+        for budget in [0, 1, 10, 100, 2_000, 24_000] {
+            let ctx = repo_context(d.path(), std::slice::from_ref(&hint), budget).unwrap();
+            assert!(
+                ctx.estimated_tokens <= budget,
+                "{budget}: {}",
+                ctx.estimated_tokens
+            );
+            assert_eq!(ctx.estimate(), ctx.estimated_tokens, "{budget}");
+            // Recounted from the text as a prompt shows it, not from the same helpers.
+            let shown = estimate_tokens(&rendered_tree(&ctx))
+                + ctx
+                    .files
+                    .iter()
+                    .map(|(p, c)| estimate_tokens(p) + estimate_tokens(c) + 8)
+                    .sum::<u64>();
+            assert!(shown <= budget, "{budget}: {shown}");
+            assert!(ctx.tree_truncated, "{budget}");
+            assert!(
+                tree_tokens(&ctx.file_tree) <= budget / TREE_SHARE_DIVISOR,
+                "{budget}"
+            );
+        }
+
+        let ctx = repo_context(d.path(), std::slice::from_ref(&hint), 2_000).unwrap();
+        let listed = ctx.file_tree.len() - 1;
+        assert!(listed > 20, "{listed}");
+        assert_eq!(
+            ctx.file_tree.last().unwrap(),
+            &omitted_line(20_001 - listed),
+            "the last line counts what was left out"
+        );
+        for kept in [hint.as_str(), "pkg7/module73/file_7300.rs", "README.md"] {
+            assert!(ctx.file_tree.iter().any(|p| p == kept), "{kept} not listed");
+        }
+        assert!(
+            !ctx.file_tree.iter().any(|p| p.starts_with("pkg19/")),
+            "unrelated deep paths go first"
+        );
+        assert_eq!(
+            paths(&ctx)[0],
+            hint,
+            "the hinted file's content is included"
+        );
+    }
+
+    #[test]
+    fn what_the_tree_does_not_use_goes_to_files() {
+        // The file costs more than three quarters of the budget; the tree costs little.
+        let content = "x".repeat(300);
+        let d = repo(&[("a.py", content.as_str())]);
+        let ctx = repo_context(d.path(), &[], 100).unwrap();
+        assert_eq!(paths(&ctx), vec!["a.py"]);
+        assert_eq!(ctx.file_tree, vec!["a.py"]);
+        assert!(!ctx.tree_truncated);
+        assert_eq!(ctx.estimated_tokens, tree_tokens(&ctx.file_tree) + 84);
+        assert!(ctx.estimated_tokens <= 100);
+    }
+
+    #[test]
+    fn a_cut_tree_keeps_the_hinted_neighbourhood_and_shallow_paths() {
+        // Walk (alphabetical) order would list the deep directory first and cut the rest.
+        let mut files: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("a/deep/er/still/{i:03}.txt"), String::new()))
+            .collect();
+        for f in ["src/api/handlers.rs", "src/api/routes.rs", "zz.txt"] {
+            files.push((f.into(), String::new()));
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let d = repo(&refs);
+        let ctx = repo_context(d.path(), &["handlers.rs".to_string()], 200).unwrap();
+        assert!(ctx.tree_truncated);
+        for kept in ["src/api/handlers.rs", "src/api/routes.rs", "zz.txt"] {
+            assert!(ctx.file_tree.iter().any(|p| p == kept), "{kept}: {ctx:?}");
+        }
+        let listed = ctx.file_tree.len() - 1;
+        assert!((3..203).contains(&listed), "{listed}");
+        assert_eq!(ctx.file_tree.last().unwrap(), &omitted_line(203 - listed));
+    }
+
+    #[test]
+    fn directory_distance() {
+        assert_eq!(dir_distance("", ""), 0);
+        assert_eq!(dir_distance("src/api", "src/api"), 0);
+        assert_eq!(dir_distance("", "src/api"), 2);
+        assert_eq!(dir_distance("src/api", "src/db/pool"), 3);
+        assert_eq!(dir_distance("srcx", "src"), 2, "components, not prefixes");
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! Language, build-command and test-command detection.
+//! Language, dependency-, build- and test-command detection, and why each was chosen.
 //!
 //! Precedence, per command: a non-empty registration field, then `.builder.toml`'s
-//! `[commands]`, then detection from root-level manifests.
+//! `[commands]`, then detection from root-level manifests (and, for Python, from the test
+//! files pytest would collect).
 //!
 //! Detection priority when several ecosystems are present at the root: Rust, Go, Node,
-//! Python — the first of them that yields a test command supplies both commands (failing
-//! that, the first that yields a build command). Compiled-language manifests usually define
-//! the project, while a `package.json` next to them tends to be tooling or a front end and a
-//! `pyproject.toml` is often just linter configuration.
+//! Python — the first of them that yields a test command supplies all three commands
+//! (failing that, the first that yields a build command, failing that the first found).
+//! Compiled-language manifests usually define the project, while a `package.json` next to
+//! them tends to be tooling or a front end and a `pyproject.toml` is often just linter
+//! configuration.
+//!
+//! Detected test commands run every test target and carry on past failing ones: a run that
+//! stops at the first failing binary, package or file cannot say what else the change broke.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::walk::{self, Entry};
-use crate::{AnalysisError, CommandSource, Commands, ProjectProfile, TestFramework};
+use crate::{AnalysisError, CommandSource, Commands, Ecosystem, ProjectProfile, TestFramework};
 
 /// The repository's own command configuration, at the root of the working copy.
 pub const REPO_CONFIG_FILE: &str = ".builder.toml";
@@ -28,14 +33,41 @@ const PY_BUILD: &str = "python3 -m compileall -q -x '(^|/)(\\.git|\\.venv|venv|\
 /// file gives per-test results; builder sets `BUILDER_REPORT_DIR` for every sandboxed
 /// command (and `${…:-.}` keeps the command usable by hand).
 const PY_TEST: &str = "python3 -m pytest -q -p no:cacheprovider --junitxml=\"${BUILDER_REPORT_DIR:-.}/pytest-junit.xml\"";
+/// Wheels go to the pip cache (set by builder for every sandboxed command; pip's own
+/// default by hand), never into the working copy, where they would be committed.
+const PY_DEPS: &str = "python3 -m pip download -q -d \"${PIP_CACHE_DIR:-$HOME/.cache/pip}/wheels\" -r requirements.txt";
+/// Lifecycle scripts are repository code: never run while fetching.
+const NPM_CI: &str = "npm ci --ignore-scripts --no-audit --no-fund";
+/// Without a lock file npm would write a fresh `package-lock.json` into the working copy,
+/// and it would end up in the feature's commit.
+const NPM_INSTALL: &str = "npm install --ignore-scripts --no-audit --no-fund --no-package-lock";
 
-/// What one ecosystem's root manifest says.
+/// Files at the root that make a directory a Python project, or configure pytest.
+const PY_MARKERS: &[&str] = &[
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "pytest.ini",
+    "tox.ini",
+    "conftest.py",
+];
+
+/// Said of each command when no ecosystem at all was recognised.
+const NOTHING_FOUND: &str = "no Cargo.toml, go.mod, package.json, Python project or pytest configuration file, nor any test_*.py / *_test.py file";
+
+/// What one ecosystem's root manifest says, and why, per command.
 #[derive(Debug, Clone, PartialEq)]
 struct Candidate {
     language: &'static str,
+    ecosystem: Ecosystem,
+    deps: Option<String>,
     build: Option<String>,
     test: Option<String>,
     framework: TestFramework,
+    /// Why `deps`, `build` and `test` are what they are (shown in parentheses).
+    why_deps: String,
+    why_build: String,
+    why_test: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,9 +79,18 @@ struct RepoConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepoCommands {
+    deps: Option<String>,
     build: Option<String>,
     test: Option<String>,
     test_framework: Option<String>,
+}
+
+/// Where one command came from, for its reason line.
+#[derive(Clone, Copy)]
+enum Origin {
+    Registration,
+    RepositoryFile,
+    Detected,
 }
 
 /// Profiles the working copy at `workdir`. `registration_override` fields that are `Some`
@@ -66,40 +107,112 @@ pub fn detect(
     let chosen = candidates
         .iter()
         .find(|c| c.test.is_some())
-        .or_else(|| candidates.iter().find(|c| c.build.is_some()));
+        .or_else(|| candidates.iter().find(|c| c.build.is_some()))
+        .or_else(|| candidates.first());
 
     let repo = read_repo_config(workdir)?;
     let reg = |v: &Option<String>| v.as_ref().filter(|s| !s.trim().is_empty()).cloned();
 
     let mut source = CommandSource::Detected;
-    let mut pick =
-        |registered: Option<String>, file: Option<&String>, detected: Option<&String>| {
-            if let Some(r) = registered {
-                source = CommandSource::Registration;
-                return Some(r);
+    let mut pick = |registered: Option<String>,
+                    file: Option<&String>,
+                    detected: Option<&String>|
+     -> (Option<String>, Origin) {
+        if let Some(r) = registered {
+            source = CommandSource::Registration;
+            return (Some(r), Origin::Registration);
+        }
+        if let Some(f) = file {
+            if source == CommandSource::Detected {
+                source = CommandSource::RepositoryFile;
             }
-            if let Some(f) = file {
-                if source == CommandSource::Detected {
-                    source = CommandSource::RepositoryFile;
-                }
-                // An empty string in the file explicitly switches the step off.
-                return (!f.trim().is_empty()).then(|| f.clone());
-            }
-            detected.cloned()
-        };
-    let build_command = pick(
+            // An empty string in the file explicitly switches the step off.
+            return (
+                (!f.trim().is_empty()).then(|| f.clone()),
+                Origin::RepositoryFile,
+            );
+        }
+        (detected.cloned(), Origin::Detected)
+    };
+    let (deps_command, deps_origin) = pick(
+        reg(&registration_override.deps),
+        repo.deps.as_ref(),
+        chosen.and_then(|c| c.deps.as_ref()),
+    );
+    let (build_command, build_origin) = pick(
         reg(&registration_override.build),
         repo.build.as_ref(),
         chosen.and_then(|c| c.build.as_ref()),
     );
-    let test_registered = reg(&registration_override.test);
-    let test_from_detection = test_registered.is_none() && repo.test.is_none();
-    let test_command = pick(
-        test_registered,
+    let (test_command, test_origin) = pick(
+        reg(&registration_override.test),
         repo.test.as_ref(),
         chosen.and_then(|c| c.test.as_ref()),
     );
 
+    let mut reasons = Vec::new();
+    if let Some(c) = chosen
+        && candidates.len() > 1
+    {
+        let others: Vec<&str> = candidates
+            .iter()
+            .filter(|o| o.language != c.language)
+            .map(|o| o.language)
+            .collect();
+        let basis = if c.test.is_some() {
+            "the first with a test command"
+        } else if c.build.is_some() {
+            "none has a test command; the first with a build command"
+        } else {
+            "none has a build or test command; the first found"
+        };
+        reasons.push(format!(
+            "detected {} and {}; commands are taken from {} (priority rust, go, javascript, python: {basis})",
+            c.language,
+            others.join(", "),
+            c.language,
+        ));
+    }
+    let detected_why = |why: fn(&Candidate) -> &String| -> String {
+        chosen.map_or_else(|| format!("— {NOTHING_FOUND}"), |c| format!("({})", why(c)))
+    };
+    for (what, command, origin, why) in [
+        (
+            "deps",
+            &deps_command,
+            deps_origin,
+            detected_why(|c| &c.why_deps),
+        ),
+        (
+            "build",
+            &build_command,
+            build_origin,
+            detected_why(|c| &c.why_build),
+        ),
+        (
+            "test",
+            &test_command,
+            test_origin,
+            detected_why(|c| &c.why_test),
+        ),
+    ] {
+        let shown = command.as_deref().unwrap_or("none");
+        reasons.push(match origin {
+            Origin::Registration => {
+                format!("{what}: {shown} (from the repository's registration)")
+            }
+            Origin::RepositoryFile if command.is_none() => {
+                format!("{what}: none (switched off in {REPO_CONFIG_FILE})")
+            }
+            Origin::RepositoryFile => format!("{what}: {shown} (from {REPO_CONFIG_FILE})"),
+            Origin::Detected => format!("{what}: {shown} {why}"),
+        });
+    }
+    if let Some(t) = &test_command {
+        reasons.extend(stops_early(t).map(|note| format!("test: {note}")));
+    }
+
+    let test_from_detection = matches!(test_origin, Origin::Detected);
     let test_framework = match (&test_command, test_from_detection, &repo.test_framework) {
         (None, _, _) => TestFramework::Unknown,
         (Some(_), true, _) => chosen.map_or(TestFramework::Unknown, |c| c.framework),
@@ -123,7 +236,51 @@ pub fn detect(
         test_framework,
         source,
         file_count: files.len(),
+        ecosystems: candidates.iter().map(|c| c.ecosystem).collect(),
+        deps_command,
+        reasons,
     })
+}
+
+/// Why a declared test command may not run every test: it stops at the first failure.
+/// Detected commands never do; these notes are for what a repository or registration
+/// declared, which builder runs as written.
+fn stops_early(cmd: &str) -> Option<String> {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let has = |w: &str| words.contains(&w);
+    let runs = |a: &str, b: &str| words.windows(2).any(|p| p[0] == a && p[1] == b);
+    if runs("cargo", "test") && !has("--no-fail-fast") {
+        return Some(
+            "the declared cargo test stops at the first failing test binary; add --no-fail-fast so every test target runs".into(),
+        );
+    }
+    if runs("cargo", "nextest") && !has("--no-fail-fast") {
+        return Some(
+            "the declared cargo nextest run stops scheduling tests after the first failure unless --no-fail-fast is given".into(),
+        );
+    }
+    if words.iter().any(|w| *w == "make" || w.ends_with("/make"))
+        && !words.iter().any(|w| {
+            *w == "--keep-going" || (w.starts_with('-') && !w.starts_with("--") && w.contains('k'))
+        })
+    {
+        return Some(
+            "the declared make stops at the first failing target; make -k carries on with the others".into(),
+        );
+    }
+    if words.iter().any(|w| w.contains("pytest"))
+        && words
+            .iter()
+            .any(|w| *w == "-x" || *w == "--exitfirst" || w.starts_with("--maxfail"))
+    {
+        return Some(
+            "the declared pytest stops after the first failures (-x / --maxfail); without it every collected test runs".into(),
+        );
+    }
+    if runs("go", "test") && has("-failfast") {
+        return Some("the declared go test -failfast stops at the first failing test".into());
+    }
+    None
 }
 
 fn read_repo_config(workdir: &Path) -> Result<RepoCommands, AnalysisError> {
@@ -142,63 +299,161 @@ fn candidates(root: &Path, files: &[Entry]) -> Result<Vec<Candidate>, AnalysisEr
     let at_root = |name: &str| files.iter().any(|e| e.rel == name);
     let mut out = Vec::new();
     if at_root("Cargo.toml") {
+        // The network is the worker's business (this dependency phase, then
+        // CARGO_NET_OFFLINE for build and test), so no --offline here.
         out.push(Candidate {
             language: "rust",
-            build: Some("cargo build --offline".into()),
-            test: Some("cargo test --offline".into()),
+            ecosystem: Ecosystem::Cargo,
+            deps: Some("cargo fetch".into()),
+            build: Some("cargo build --workspace".into()),
+            test: Some("cargo test --workspace --no-fail-fast".into()),
             framework: TestFramework::Cargo,
+            why_deps: "Cargo.toml at the root; downloads crates without building anything".into(),
+            why_build: "Cargo.toml at the root; every package of the workspace".into(),
+            why_test: "Cargo.toml at the root; every package and test binary, past failing ones"
+                .into(),
         });
     }
     if at_root("go.mod") {
         out.push(Candidate {
             language: "go",
+            ecosystem: Ecosystem::Go,
+            deps: Some("go mod download".into()),
             build: Some("go build ./...".into()),
             test: Some("go test ./...".into()),
             framework: TestFramework::Go,
+            why_deps: "go.mod at the root".into(),
+            why_build: "go.mod at the root; every package".into(),
+            why_test: "go.mod at the root; every package, and go test carries on past failing ones"
+                .into(),
         });
     }
     if at_root("package.json") {
-        let (build, test) = npm_scripts(root)?;
-        out.push(Candidate {
-            language: "javascript",
-            build: build.then(|| "npm run build".to_string()),
-            test: test.then(|| "npm test".to_string()),
-            framework: TestFramework::Npm,
-        });
+        out.push(node(root, at_root("package-lock.json"))?);
     }
-    let py_markers = [
-        "pyproject.toml",
-        "setup.py",
-        "setup.cfg",
-        "pytest.ini",
-        "tox.ini",
-        "conftest.py",
-    ];
-    let py_tests = files.iter().any(|e| {
-        (e.rel.starts_with("tests/") || e.rel.starts_with("test/")) && e.rel.ends_with(".py")
-    });
-    if py_markers.iter().any(|m| at_root(m)) || py_tests {
-        out.push(Candidate {
-            language: "python",
-            build: Some(PY_BUILD.into()),
-            test: Some(PY_TEST.into()),
-            framework: TestFramework::Pytest,
-        });
+    if let Some(python) = python(files, at_root("requirements.txt"), |m| at_root(m)) {
+        out.push(python);
     }
     Ok(out)
 }
 
-/// Whether `package.json` has usable `build` and `test` scripts. A malformed file is the
-/// repository's problem, reported by npm when it runs; here it just yields no commands.
-fn npm_scripts(root: &Path) -> Result<(bool, bool), AnalysisError> {
+fn node(root: &Path, locked: bool) -> Result<Candidate, AnalysisError> {
+    let scripts = npm_scripts(root)?;
+    let why_script = |name: &str, present: bool| match (&scripts.invalid, present) {
+        (Some(e), _) => format!("package.json is not valid JSON: {e}"),
+        (None, true) => format!("package.json has a {name} script"),
+        (None, false) => format!("package.json has no {name} script"),
+    };
+    let why_test = if scripts.test {
+        "package.json has a test script; npm runs it as written, so whether it carries on past a failing file is up to that script".to_string()
+    } else if scripts.placeholder_test {
+        "package.json's test script is npm init's placeholder, which only fails".to_string()
+    } else {
+        why_script("test", false)
+    };
+    Ok(Candidate {
+        language: "javascript",
+        ecosystem: Ecosystem::Npm,
+        deps: Some(if locked { NPM_CI } else { NPM_INSTALL }.to_string()),
+        build: scripts.build.then(|| "npm run build".to_string()),
+        test: scripts.test.then(|| "npm test".to_string()),
+        framework: TestFramework::Npm,
+        why_deps: if locked {
+            "package-lock.json at the root; no package script runs".into()
+        } else {
+            "package.json without package-lock.json: versions are resolved afresh and no lock file is written; no package script runs".into()
+        },
+        why_build: why_script("build", scripts.build),
+        why_test,
+    })
+}
+
+/// Python is recognised from a project or pytest configuration file at the root, or from
+/// the test files pytest would collect without one.
+fn python(
+    files: &[Entry],
+    has_requirements: bool,
+    at_root: impl Fn(&str) -> bool,
+) -> Option<Candidate> {
+    let test_files = files.iter().filter(|e| pytest_collects(&e.rel)).count();
+    let marker = PY_MARKERS.iter().find(|m| at_root(m));
+    let why_test = match (marker, test_files) {
+        (None, 0) => return None,
+        (None, n) => format!(
+            "{n} test_*.py / *_test.py file(s) found, no configuration file; pytest runs every test it collects, past failing ones"
+        ),
+        (Some(m), 0) => format!(
+            "{m} at the root; no test_*.py / *_test.py file found, so pytest may collect nothing unless configured to"
+        ),
+        (Some(m), n) => format!("{m} at the root; {n} test_*.py / *_test.py file(s)"),
+    };
+    Some(Candidate {
+        language: "python",
+        ecosystem: Ecosystem::Pip,
+        deps: has_requirements.then(|| PY_DEPS.to_string()),
+        build: Some(PY_BUILD.into()),
+        test: Some(PY_TEST.into()),
+        framework: TestFramework::Pytest,
+        why_deps: if has_requirements {
+            "requirements.txt at the root; downloaded into the pip cache only, not installed: the tests see only the packages the sandbox's Python already has".into()
+        } else {
+            "no requirements.txt at the root: Python dependencies are not fetched".into()
+        },
+        why_build: "Python has no build step; byte-compiling every .py file catches syntax errors"
+            .into(),
+        why_test,
+    })
+}
+
+/// Whether pytest, with no configuration, collects `rel`: a `test_*.py` or `*_test.py` file
+/// outside the directories its default `norecursedirs` skips (hidden ones, `build`, `dist`,
+/// `*.egg`, …). Environments and vendored trees are not even walked.
+fn pytest_collects(rel: &str) -> bool {
+    let mut parts = rel.split('/').rev();
+    let Some(name) = parts.next() else {
+        return false;
+    };
+    let skipped = |d: &str| {
+        d.starts_with('.')
+            || d.ends_with(".egg")
+            || matches!(
+                d,
+                "build" | "dist" | "_darcs" | "CVS" | "{arch}" | "node_modules" | "venv"
+            )
+    };
+    name.ends_with(".py")
+        && (name.starts_with("test_") || name.ends_with("_test.py"))
+        && !parts.any(skipped)
+}
+
+/// What `package.json` says about its scripts.
+#[derive(Default)]
+struct NpmScripts {
+    build: bool,
+    /// A usable test script (not `npm init`'s placeholder).
+    test: bool,
+    placeholder_test: bool,
+    /// Why the file could not be read as JSON.
+    invalid: Option<String>,
+}
+
+/// A malformed `package.json` is the repository's problem, reported by npm when it runs;
+/// here it just yields no commands.
+fn npm_scripts(root: &Path) -> Result<NpmScripts, AnalysisError> {
     let Some(text) = walk::read_text(root, "package.json", MANIFEST_MAX_BYTES)? else {
-        return Ok((false, false));
+        return Ok(NpmScripts {
+            invalid: Some("not a readable text file".into()),
+            ..NpmScripts::default()
+        });
     };
     let json: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "package.json is not valid JSON; no npm commands detected");
-            return Ok((false, false));
+            return Ok(NpmScripts {
+                invalid: Some(e.to_string()),
+                ..NpmScripts::default()
+            });
         }
     };
     let script = |name: &str| {
@@ -210,8 +465,16 @@ fn npm_scripts(root: &Path) -> Result<(bool, bool), AnalysisError> {
             .map(str::to_string)
     };
     // `npm init`'s placeholder fails by design; it is not a test suite.
-    let test = script("test").is_some_and(|t| !t.contains("no test specified"));
-    Ok((script("build").is_some(), test))
+    let test = script("test");
+    let placeholder_test = test
+        .as_deref()
+        .is_some_and(|t| t.contains("no test specified"));
+    Ok(NpmScripts {
+        build: script("build").is_some(),
+        test: test.is_some() && !placeholder_test,
+        placeholder_test,
+        invalid: None,
+    })
 }
 
 /// Best guess of the runner behind a configured test command.
@@ -287,220 +550,4 @@ fn languages(candidates: &[Candidate], files: &[Entry]) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        for (path, content) in files {
-            let p = d.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        d
-    }
-
-    fn profile(files: &[(&str, &str)]) -> ProjectProfile {
-        detect(repo(files).path(), &Commands::default()).unwrap()
-    }
-
-    #[test]
-    fn rust() {
-        let p = profile(&[("Cargo.toml", "[package]\nname='x'"), ("src/lib.rs", "")]);
-        assert_eq!(p.languages, vec!["rust"]);
-        assert_eq!(p.build_command.as_deref(), Some("cargo build --offline"));
-        assert_eq!(p.test_command.as_deref(), Some("cargo test --offline"));
-        assert_eq!(p.test_framework, TestFramework::Cargo);
-        assert_eq!(p.source, CommandSource::Detected);
-        assert_eq!(p.file_count, 2);
-    }
-
-    #[test]
-    fn python_from_manifest_or_tests_dir() {
-        for files in [
-            &[
-                ("pyproject.toml", "[project]\nname='x'"),
-                ("x/__init__.py", ""),
-            ][..],
-            &[("tests/test_a.py", "def test_a(): pass")][..],
-            &[("setup.py", "")][..],
-        ] {
-            let p = profile(files);
-            assert_eq!(p.languages[0], "python", "{files:?}");
-            assert_eq!(p.test_command.as_deref(), Some(PY_TEST));
-            assert_eq!(p.build_command.as_deref(), Some(PY_BUILD));
-            assert_eq!(p.test_framework, TestFramework::Pytest);
-        }
-    }
-
-    #[test]
-    fn node_scripts() {
-        let p = profile(&[(
-            "package.json",
-            r#"{"scripts": {"test": "node --test", "build": "tsc"}}"#,
-        )]);
-        assert_eq!(p.languages, vec!["javascript"]);
-        assert_eq!(p.test_command.as_deref(), Some("npm test"));
-        assert_eq!(p.build_command.as_deref(), Some("npm run build"));
-        assert_eq!(p.test_framework, TestFramework::Npm);
-
-        let placeholder = profile(&[(
-            "package.json",
-            r#"{"scripts": {"test": "echo \"Error: no test specified\" && exit 1"}}"#,
-        )]);
-        assert_eq!(placeholder.test_command, None);
-        assert_eq!(placeholder.build_command, None);
-        assert_eq!(placeholder.test_framework, TestFramework::Unknown);
-
-        let broken = profile(&[("package.json", "{ not json")]);
-        assert_eq!(broken.languages, vec!["javascript"]);
-        assert_eq!(broken.test_command, None);
-    }
-
-    #[test]
-    fn go() {
-        let p = profile(&[
-            ("go.mod", "module example.com/x\n"),
-            ("main.go", "package main"),
-        ]);
-        assert_eq!(p.languages, vec!["go"]);
-        assert_eq!(p.build_command.as_deref(), Some("go build ./..."));
-        assert_eq!(p.test_command.as_deref(), Some("go test ./..."));
-        assert_eq!(p.test_framework, TestFramework::Go);
-    }
-
-    #[test]
-    fn priority_with_several_ecosystems() {
-        let p = profile(&[
-            ("package.json", r#"{"scripts": {"test": "jest"}}"#),
-            ("Cargo.toml", ""),
-            ("pyproject.toml", ""),
-            ("web/a.ts", ""),
-            ("web/b.ts", ""),
-        ]);
-        assert_eq!(
-            p.languages,
-            vec!["rust", "javascript", "python", "typescript"]
-        );
-        assert_eq!(p.test_command.as_deref(), Some("cargo test --offline"));
-
-        // A package.json without a test script does not shadow the Python test suite.
-        let p = profile(&[
-            ("package.json", r#"{"scripts": {"lint": "eslint ."}}"#),
-            ("pyproject.toml", ""),
-        ]);
-        assert_eq!(p.test_command.as_deref(), Some(PY_TEST));
-        assert_eq!(p.test_framework, TestFramework::Pytest);
-    }
-
-    #[test]
-    fn nothing_detected() {
-        let p = profile(&[("README.md", "hi"), ("notes/a.txt", "x")]);
-        assert!(p.languages.is_empty());
-        assert_eq!((p.build_command, p.test_command), (None, None));
-        assert_eq!(p.test_framework, TestFramework::Unknown);
-        assert_eq!(p.file_count, 2);
-    }
-
-    #[test]
-    fn repository_file_overrides_detection() {
-        let p = profile(&[
-            ("Cargo.toml", ""),
-            (
-                ".builder.toml",
-                "[commands]\ntest = \"make check\"\nbuild = \"\"\n",
-            ),
-        ]);
-        assert_eq!(p.test_command.as_deref(), Some("make check"));
-        assert_eq!(p.build_command, None, "empty string switches the step off");
-        assert_eq!(p.source, CommandSource::RepositoryFile);
-        assert_eq!(p.test_framework, TestFramework::Unknown);
-
-        let p = profile(&[
-            ("go.mod", ""),
-            (
-                ".builder.toml",
-                "[commands]\ntest = \"./ci.sh\"\ntest_framework = \"go\"\n",
-            ),
-        ]);
-        assert_eq!(p.test_command.as_deref(), Some("./ci.sh"));
-        assert_eq!(
-            p.build_command.as_deref(),
-            Some("go build ./..."),
-            "not overridden"
-        );
-        assert_eq!(p.test_framework, TestFramework::Go);
-
-        let p = profile(&[(
-            ".builder.toml",
-            "[commands]\ntest = \"python -m pytest tests\"\n",
-        )]);
-        assert_eq!(
-            p.test_framework,
-            TestFramework::Pytest,
-            "inferred from the command"
-        );
-    }
-
-    #[test]
-    fn malformed_repository_file_is_an_error() {
-        for bad in [
-            "[commands\n",
-            "[commands]\ntests = \"typo\"\n",
-            "[commands]\ntest_framework = \"maven\"\ntest = \"x\"\n",
-        ] {
-            let d = repo(&[(".builder.toml", bad)]);
-            assert!(
-                matches!(
-                    detect(d.path(), &Commands::default()),
-                    Err(AnalysisError::RepoConfig { .. })
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn repository_file_behind_a_symlink_is_ignored() {
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("cfg"), "[commands]\ntest = \"evil\"\n").unwrap();
-        let d = repo(&[("Cargo.toml", "")]);
-        std::os::unix::fs::symlink(outside.path().join("cfg"), d.path().join(".builder.toml"))
-            .unwrap();
-        let p = detect(d.path(), &Commands::default()).unwrap();
-        assert_eq!(p.test_command.as_deref(), Some("cargo test --offline"));
-    }
-
-    #[test]
-    fn registration_overrides_file_and_detection() {
-        let d = repo(&[
-            ("Cargo.toml", ""),
-            (
-                ".builder.toml",
-                "[commands]\ntest = \"make check\"\nbuild = \"make\"\n",
-            ),
-        ]);
-        let reg = Commands {
-            build: Some("  ".into()),
-            test: Some("cargo nextest run".into()),
-        };
-        let p = detect(d.path(), &reg).unwrap();
-        assert_eq!(p.test_command.as_deref(), Some("cargo nextest run"));
-        assert_eq!(
-            p.build_command.as_deref(),
-            Some("make"),
-            "blank registration field is unset"
-        );
-        assert_eq!(p.source, CommandSource::Registration);
-        assert_eq!(p.test_framework, TestFramework::Cargo);
-    }
-
-    #[test]
-    fn not_a_directory() {
-        let d = repo(&[("f", "")]);
-        assert!(matches!(
-            detect(&d.path().join("f"), &Commands::default()),
-            Err(AnalysisError::NotADirectory(_))
-        ));
-    }
-}
+mod tests;

@@ -96,3 +96,102 @@ pub fn read_secret_file(path: &str) -> Result<String> {
     }
     Ok(s)
 }
+
+/// The longest title derived from a description, "…" included: a commit subject line.
+const DERIVED_TITLE_MAX_CHARS: usize = 72;
+
+/// A title for a request that has none: the description's first non-empty line (a leading
+/// Markdown heading marker dropped), cut at a word boundary to at most 72 characters with
+/// "…" when cut. Never empty: a blank description gets a placeholder, and the server then
+/// refuses the description itself.
+pub fn title_from_description(description: &str) -> String {
+    let first = description
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .find(|l| !l.is_empty());
+    let Some(line) = first else {
+        return "Feature request".to_string();
+    };
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= DERIVED_TITLE_MAX_CHARS {
+        return line;
+    }
+    let room = DERIVED_TITLE_MAX_CHARS - 1;
+    let head: String = line.chars().take(room).collect();
+    // At the last space within the room, unless the room ends exactly on a word's end. When
+    // that would keep less than half the room (a URL, a path, one long word), mid-word
+    // says more than a bare first word.
+    let next_is_space = line.chars().nth(room) == Some(' ');
+    let at_word = if next_is_space {
+        head.as_str()
+    } else {
+        head.rsplit_once(' ').map_or("", |(before, _)| before)
+    };
+    let at_word = at_word.trim_end_matches(|c: char| c.is_whitespace() || ",;:-–—".contains(c));
+    let cut = if at_word.chars().count() * 2 < room {
+        head.trim_end()
+    } else {
+        at_word
+    };
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_first_line_is_the_title() {
+        assert_eq!(
+            title_from_description("\n\n  # Add a --json flag  \nto the list command"),
+            "Add a --json flag"
+        );
+        assert_eq!(
+            title_from_description("Fix\tthe   login bug"),
+            "Fix the login bug"
+        );
+    }
+
+    #[test]
+    fn long_first_line_is_cut_at_a_word() {
+        let d = "Make the exporter stream rows instead of buffering the whole table in memory, \
+                 because large tables exhaust the heap\nmore detail";
+        let t = title_from_description(d);
+        assert_eq!(
+            t,
+            "Make the exporter stream rows instead of buffering the whole table in…"
+        );
+        assert!(t.chars().count() <= 72, "{t}");
+
+        let exact = "word ".repeat(14) + "ab"; // 72 characters
+        assert_eq!(exact.chars().count(), 72);
+        assert_eq!(title_from_description(&exact), exact);
+        let over = format!("{exact}c");
+        let t = title_from_description(&over);
+        assert_eq!(t, format!("{}…", "word ".repeat(14).trim_end()));
+    }
+
+    #[test]
+    fn one_long_word_and_non_ascii_are_cut_by_characters() {
+        let t = title_from_description(&"é".repeat(200));
+        assert_eq!(t, format!("{}…", "é".repeat(71)));
+        assert_eq!(t.chars().count(), 72);
+        let t = title_from_description(&format!("See https://example.com/{}", "x".repeat(100)));
+        assert_eq!(t.chars().count(), 72, "{t}");
+        assert!(
+            t.starts_with("See https://example.com/xxx") && t.ends_with("x…"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_title_is_never_empty() {
+        for blank in ["", "   \n\t\n", "###\n  "] {
+            assert_eq!(
+                title_from_description(blank),
+                "Feature request",
+                "{blank:?}"
+            );
+        }
+    }
+}

@@ -72,7 +72,7 @@ fn run_feature(server: &Server, bare: &Path) -> (Value, Vec<Value>) {
 
 fn env_for(
     llm: &llm_script_server::Running,
-    extra: &[(&str, String)],
+    extra: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
     let mut env = llm_env(llm);
     env.push(("BUILDER_MAX_REPAIR_ITERATIONS", "1".into()));
@@ -470,4 +470,66 @@ async fn an_unreachable_registry_fails_promptly_as_an_environment_problem() {
         registry.seen.lock().unwrap().is_empty(),
         "the registry was never reached"
     );
+}
+
+/// Item 6: the baseline says when it starts, and its result is recorded even when the
+/// feature fails before verification (here its first LLM call is refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_baseline_is_recorded_even_when_the_feature_fails_first() {
+    let repos = tempfile::tempdir().unwrap();
+    let bare = make_bare_repo(
+        repos.path(),
+        "py",
+        &[
+            ("calc.py", CALC),
+            (
+                "tests/test_calc.py",
+                "import time\n\nfrom calc import add\n\n\ndef test_add():\n    time.sleep(3)\n    assert add(1, 2) == 3\n",
+            ),
+        ],
+    )
+    .unwrap();
+    let llm = start(Script::new(vec![
+        Entry::error(401).when_contains("Task: AnalyzeFeature"),
+    ]))
+    .await
+    .unwrap();
+    let server = start_server(&env_for(&llm, &[]));
+    let (execution, _) = run_feature(&server, &bare);
+    assert_eq!(execution["state"], "FAILED", "{execution}");
+    let id = execution["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = events(&server, &id);
+        if of_type(&events, "tests.completed")
+            .iter()
+            .any(|e| e["payload"]["baseline"] == true)
+        {
+            break events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no baseline result: {:?}\n{}",
+            types(&events),
+            server_log(&server)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let kinds = types(&events);
+    let failed_at = kinds.iter().position(|t| t == "feature.failed").unwrap();
+    let started_at = events
+        .iter()
+        .position(|e| e["type"] == "tests.started" && e["payload"]["baseline"] == true)
+        .expect("tests.started with baseline: true");
+    let completed_at = events
+        .iter()
+        .position(|e| e["type"] == "tests.completed" && e["payload"]["baseline"] == true)
+        .unwrap();
+    assert!(started_at < completed_at, "{kinds:?}");
+    assert!(
+        failed_at < completed_at,
+        "recorded after the failure: {kinds:?}"
+    );
+    let baseline = &events[completed_at]["payload"];
+    assert_eq!(baseline["passed"], 1, "{baseline}");
 }
