@@ -34,6 +34,26 @@ pub(crate) struct Baseline {
     pub summary: String,
 }
 
+impl Baseline {
+    pub(crate) fn deps_failed() -> Baseline {
+        Baseline {
+            broken: true,
+            deps_failed: true,
+            summary: "the dependencies could not be fetched".into(),
+            ..Baseline::default()
+        }
+    }
+
+    pub(crate) fn build_failed() -> Baseline {
+        Baseline {
+            broken: true,
+            build_failed: true,
+            summary: "the build failed".into(),
+            ..Baseline::default()
+        }
+    }
+}
+
 /// How pre-existing failures are treated (`BUILDER_VERIFY_BASELINE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BaselineMode {

@@ -287,90 +287,48 @@ impl Worker {
         let id = feature.id;
         if let Some(deps) = &commands.deps {
             let hosts = self.dependency_hosts(commands);
-            self.record_side(
-                id,
-                vec![Event::DependenciesStarted {
-                    command: deps.clone(),
-                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
-                    baseline: true,
-                }],
-            )
-            .await;
+            let started = Event::DependenciesStarted {
+                command: deps.clone(),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                baseline: true,
+            };
             let (out, _) = self
-                .run_phase(
+                .baseline_step(
                     feature,
                     dir,
+                    started,
                     deps,
-                    "baseline-deps",
-                    Tree::Baseline,
+                    "deps",
                     Phase::Dependencies(&hosts),
                 )
                 .await?;
-            self.write_feature_artifact(id, "baseline-deps.log", out.output.as_bytes())
-                .await;
             let checked = deps_checked(deps, &out, true, &hosts);
             self.record_side(id, vec![checked.event]).await;
             if checked.failure.is_some() {
-                return Ok(Some(Baseline {
-                    broken: true,
-                    deps_failed: true,
-                    summary: "the dependencies could not be fetched".into(),
-                    ..Baseline::default()
-                }));
+                return Ok(Some(Baseline::deps_failed()));
             }
         }
         if let Some(build) = &commands.build {
-            self.record_side(
-                id,
-                vec![Event::BuildStarted {
-                    command: build.clone(),
-                    baseline: true,
-                }],
-            )
-            .await;
+            let started = Event::BuildStarted {
+                command: build.clone(),
+                baseline: true,
+            };
             let (out, _) = self
-                .run_phase(
-                    feature,
-                    dir,
-                    build,
-                    "baseline-build",
-                    Tree::Baseline,
-                    Phase::Check,
-                )
+                .baseline_step(feature, dir, started, build, "build", Phase::Check)
                 .await?;
-            self.write_feature_artifact(id, "baseline-build.log", out.output.as_bytes())
-                .await;
             let checked = build_checked(build, &out, true);
             self.record_side(id, vec![checked.event]).await;
             if checked.failure.is_some() {
-                return Ok(Some(Baseline {
-                    broken: true,
-                    build_failed: true,
-                    summary: "the build failed".into(),
-                    ..Baseline::default()
-                }));
+                return Ok(Some(Baseline::build_failed()));
             }
         }
-        self.record_side(
-            id,
-            vec![Event::TestsStarted {
-                command: test.clone(),
-                baseline: true,
-            }],
-        )
-        .await;
+        let started = Event::TestsStarted {
+            command: test.clone(),
+            baseline: true,
+        };
         let (out, reports) = self
-            .run_phase(
-                feature,
-                dir,
-                &test,
-                "baseline-tests",
-                Tree::Baseline,
-                Phase::Check,
-            )
+            .baseline_step(feature, dir, started, &test, "tests", Phase::Check)
             .await?;
-        self.write_feature_artifact(id, "baseline-tests.log", out.output.as_bytes())
-            .await;
         let checked = tests_checked(
             &test,
             framework_of(&test),
@@ -387,5 +345,26 @@ impl Worker {
         self.record_side(id, vec![checked.event]).await;
         drop(permits);
         Ok(Some(checked.as_baseline))
+    }
+
+    /// One command of the baseline: recorded as it starts, run on the baseline's tree, its
+    /// log kept as the `baseline-<label>.log` artifact.
+    async fn baseline_step(
+        &self,
+        feature: &Feature,
+        dir: &Path,
+        started: Event,
+        command: &str,
+        label: &str,
+        phase: Phase<'_>,
+    ) -> Result<(ExecOutcome, Vec<(String, String)>), StepError> {
+        self.record_side(feature.id, vec![started]).await;
+        let label = format!("baseline-{label}");
+        let (out, reports) = self
+            .run_phase(feature, dir, command, &label, Tree::Baseline, phase)
+            .await?;
+        self.write_feature_artifact(feature.id, &format!("{label}.log"), out.output.as_bytes())
+            .await;
+        Ok((out, reports))
     }
 }

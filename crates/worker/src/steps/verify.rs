@@ -359,26 +359,12 @@ impl Run<'_> {
                     baseline: true,
                     success: false,
                     ..
-                } => {
-                    found = Some(Baseline {
-                        broken: true,
-                        deps_failed: true,
-                        summary: "the dependencies could not be fetched".into(),
-                        ..Baseline::default()
-                    })
-                }
+                } => found = Some(Baseline::deps_failed()),
                 Event::BuildCompleted {
                     baseline: true,
                     success: false,
                     ..
-                } => {
-                    found = Some(Baseline {
-                        broken: true,
-                        build_failed: true,
-                        summary: "the build failed".into(),
-                        ..Baseline::default()
-                    })
-                }
+                } => found = Some(Baseline::build_failed()),
                 Event::TestsCompleted {
                     baseline: true,
                     passed,
