@@ -42,6 +42,9 @@ enum Command {
     /// Submit and follow features.
     #[command(subcommand)]
     Feature(FeatureCommand),
+    /// Run SWE-style tasks through this binary's own server with a scripted model and check
+    /// the pushed branches natively (or, with --native-only, check the tasks themselves).
+    Eval(builder_eval::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -95,10 +98,15 @@ enum FeatureCommand {
         /// Repository id or name.
         #[arg(long)]
         repo: String,
+        /// Defaults to the description's first line, cut to 72 characters.
         #[arg(long)]
-        title: String,
-        #[arg(long)]
-        description: String,
+        title: Option<String>,
+        /// What to build, in full.
+        #[arg(long, required_unless_present = "description_file")]
+        description: Option<String>,
+        /// Reads the description from a file (`-`: standard input), for long requests.
+        #[arg(long, value_name = "PATH", conflicts_with = "description")]
+        description_file: Option<String>,
         #[arg(long = "criterion")]
         acceptance_criteria: Vec<String>,
         #[arg(long = "path-hint")]
@@ -206,6 +214,15 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Repo(cmd) => repo(Clients::new(&cli.server)?, cmd).await?,
         Command::Feature(cmd) => return feature(Clients::new(&cli.server)?, cmd).await,
+        Command::Eval(args) => {
+            let report = builder_eval::run(&args).await.context("builder eval")?;
+            // The run completed; tasks the eval itself could not evaluate make it fail.
+            let errors = report.infrastructure_errors();
+            if errors > 0 {
+                eprintln!("error: builder eval could not evaluate {errors} task(s) (see above)");
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -338,12 +355,30 @@ async fn feature(clients: Clients, cmd: FeatureCommand) -> Result<std::process::
             repo,
             title,
             description,
+            description_file,
             acceptance_criteria,
             path_hints,
             target_branch,
             idempotency_key,
             watch,
         } => {
+            // clap guarantees exactly one of the two. Only the end is trimmed: a file ends
+            // with a newline, while leading indentation may be Markdown.
+            let description = match (description, description_file) {
+                (Some(d), _) => d,
+                (None, Some(path)) if path == "-" => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .context("reading the description from standard input")?;
+                    text.trim_end().to_string()
+                }
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the description from {path}"))?
+                    .trim_end()
+                    .to_string(),
+                (None, None) => bail!("give --description or --description-file"),
+            };
+            let title = title.unwrap_or_else(|| client::title_from_description(&description));
             let repository = resolve_repo(&clients, &repo).await?;
             let resp = clients
                 .features

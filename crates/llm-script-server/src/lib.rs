@@ -2,8 +2,9 @@
 //! that speaks OpenAI chat completions and Anthropic messages (plain and streaming) on
 //! loopback, answers from an ordered script and records every request it received.
 //!
-//! It is used by tests and by hand; no production crate may depend on it, and it must not
-//! depend on any builder crate.
+//! It is used by tests and by hand, and by `builder eval` (crates/eval), whose gold and
+//! broken replays answer the model with a script by design. No other production crate may
+//! depend on it, and it must not depend on any builder crate.
 
 mod script;
 mod server;
