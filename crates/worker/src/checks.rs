@@ -411,6 +411,15 @@ pub(crate) fn tests_checked(
             format!("the tests were stopped by the sandbox's {limit}")
         } else if counts.executed() == 0 && out.success() {
             "no test was executed".to_string()
+        } else if counts.executed() == 0 && !diags.is_empty() {
+            // "0 passed, 0 failed" would hide why: the tests never ran.
+            let d = &diags[0];
+            let at = d.line.map_or(d.file.clone(), |l| format!("{}:{l}", d.file));
+            format!(
+                "the tests did not compile ({} error(s); first at {at}: {})",
+                diags.len(),
+                d.message
+            )
         } else {
             format!("the tests failed ({summary})")
         };
@@ -552,6 +561,28 @@ mod tests {
             "{cut}"
         );
         assert!(cut.ends_with("line number 199\n"), "{cut}");
+    }
+
+    #[test]
+    fn tests_that_do_not_compile_say_so() {
+        let out = outcome(
+            101,
+            "   Compiling x v0.1.0\nerror[E0425]: cannot find value `b` in this scope\n --> tests/t.rs:3:5\n  |\n\nerror: could not compile `x` (test \"t\") due to 1 previous error\n",
+        );
+        let checked = tests_checked(
+            "cargo test",
+            TestFramework::Cargo,
+            &out,
+            &[],
+            false,
+            None,
+            BaselineMode::Tolerate,
+        );
+        let (why, _) = checked.failure.expect("a failure");
+        assert!(
+            why.starts_with("the tests did not compile (1 error(s); first at tests/t.rs:3"),
+            "{why}"
+        );
     }
 
     #[test]
