@@ -21,6 +21,11 @@ pub struct Phases {
     pub verification_ms: Option<u64>,
     /// The untouched code's run, beside analysis and planning.
     pub baseline_ms: Option<u64>,
+    /// The baseline's dependency phase (the repository's first feature fills the cache).
+    pub baseline_dependencies_ms: Option<u64>,
+    /// The working copy's first dependency phase (the cache the baseline filled, or filled
+    /// meanwhile).
+    pub dependencies_ms: Option<u64>,
     pub delivery_ms: Option<u64>,
     pub check_ms: Option<u64>,
 }
@@ -149,6 +154,7 @@ impl Report {
             "execution",
             "verification",
             "baseline",
+            "deps base/work",
             "delivery",
             "check time",
         ];
@@ -182,6 +188,11 @@ impl Report {
                 ms(p.execution_ms),
                 ms(p.verification_ms),
                 ms(p.baseline_ms),
+                format!(
+                    "{}/{}",
+                    ms(p.baseline_dependencies_ms),
+                    ms(p.dependencies_ms)
+                ),
                 ms(p.delivery_ms),
                 ms(p.check_ms),
             ]);
@@ -346,6 +357,15 @@ pub fn read_events(events: &[Value]) -> (Verification, Phases) {
         .filter(|e| baseline(e))
         .filter_map(at)
         .collect();
+    let deps = |want_baseline: bool| {
+        events
+            .iter()
+            .find(|e| ty(e) == "dependencies.completed" && baseline(e) == want_baseline)
+            .and_then(|e| e["payload"]["duration_ms"].as_f64())
+            .map(|v| v as u64)
+    };
+    p.baseline_dependencies_ms = deps(true);
+    p.dependencies_ms = deps(false);
     if let (Some(first), Some(last)) = (base.iter().min(), base.iter().max()) {
         p.baseline_ms = Some(span(*first, *last));
     }
@@ -378,6 +398,11 @@ mod tests {
         let events = vec![
             ev("feature.requested", 0, json!({})),
             ev("analysis.started", 1, json!({})),
+            ev(
+                "dependencies.completed",
+                2,
+                json!({"baseline": true, "duration_ms": 1500.0}),
+            ),
             ev("build.started", 2, json!({"baseline": true})),
             ev("analysis.completed", 3, json!({})),
             ev("planning.started", 3, json!({})),
@@ -390,6 +415,7 @@ mod tests {
             ev("execution.started", 5, json!({"iteration": 1.0})),
             ev("execution.completed", 6, json!({})),
             ev("verification.started", 6, json!({})),
+            ev("dependencies.completed", 7, json!({"duration_ms": 250.0})),
             ev("build.completed", 9, json!({"success": false})),
             ev("verification.failed", 10, json!({})),
             ev("execution.started", 10, json!({"iteration": 2.0})),
@@ -418,6 +444,8 @@ mod tests {
         assert_eq!(p.execution_ms, Some(3000));
         assert_eq!(p.verification_ms, Some(9000));
         assert_eq!(p.baseline_ms, Some(6000));
+        assert_eq!(p.baseline_dependencies_ms, Some(1500));
+        assert_eq!(p.dependencies_ms, Some(250));
         assert_eq!(p.delivery_ms, Some(3000));
     }
 
