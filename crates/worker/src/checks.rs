@@ -35,23 +35,43 @@ pub(crate) struct Baseline {
 }
 
 impl Baseline {
-    pub(crate) fn deps_failed() -> Baseline {
+    /// `output` is the failed command's output: its errors become the summary, so the
+    /// feature's failure says what the repository's own problem is.
+    pub(crate) fn deps_failed(output: &str) -> Baseline {
         Baseline {
             broken: true,
             deps_failed: true,
-            summary: "the dependencies could not be fetched".into(),
+            summary: why_it_failed("the dependencies could not be fetched", output),
             ..Baseline::default()
         }
     }
 
-    pub(crate) fn build_failed() -> Baseline {
+    pub(crate) fn build_failed(output: &str) -> Baseline {
         Baseline {
             broken: true,
             build_failed: true,
-            summary: "the build failed".into(),
+            summary: why_it_failed("the build failed", output),
             ..Baseline::default()
         }
     }
+}
+
+/// `what`, then the error lines of `output` (at most a few), for a failure message.
+fn why_it_failed(what: &str, output: &str) -> String {
+    const SHOWN: usize = 8;
+    let errors: Vec<&str> = output
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            t.starts_with("error") || t.starts_with("ERROR") || t.starts_with("npm ERR!")
+        })
+        .take(SHOWN)
+        .collect();
+    if errors.is_empty() {
+        let tail = output_for_model(output, false, 1024);
+        return format!("{what}:\n{}", tail.trim_end());
+    }
+    format!("{what}:\n{}", errors.join("\n"))
 }
 
 /// How pre-existing failures are treated (`BUILDER_VERIFY_BASELINE`).
@@ -583,6 +603,20 @@ mod tests {
             why.starts_with("the tests did not compile (1 error(s); first at tests/t.rs:3"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_broken_baseline_says_what_broke() {
+        let b = Baseline::deps_failed(
+            "    Updating crates.io index\nerror: failed to select a version for the requirement `xml-rs = \"^0.3.0\"`\n  version 0.3.0 is yanked\n",
+        );
+        assert!(b.deps_failed && b.broken);
+        assert_eq!(
+            b.summary,
+            "the dependencies could not be fetched:\nerror: failed to select a version for the requirement `xml-rs = \"^0.3.0\"`"
+        );
+        let b = Baseline::build_failed("compiling\nsomething odd\n");
+        assert_eq!(b.summary, "the build failed:\ncompiling\nsomething odd");
     }
 
     #[test]

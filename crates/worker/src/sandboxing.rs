@@ -305,7 +305,7 @@ impl Worker {
             let checked = deps_checked(deps, &out, true, &hosts);
             self.record_side(id, vec![checked.event]).await;
             if checked.failure.is_some() {
-                return Ok(Some(Baseline::deps_failed()));
+                return Ok(Some(Baseline::deps_failed(&out.output)));
             }
         }
         if let Some(build) = &commands.build {
@@ -319,7 +319,7 @@ impl Worker {
             let checked = build_checked(build, &out, true);
             self.record_side(id, vec![checked.event]).await;
             if checked.failure.is_some() {
-                return Ok(Some(Baseline::build_failed()));
+                return Ok(Some(Baseline::build_failed(&out.output)));
             }
         }
         let started = Event::TestsStarted {

@@ -358,13 +358,15 @@ impl Run<'_> {
                 Event::DependenciesCompleted {
                     baseline: true,
                     success: false,
+                    output_tail,
                     ..
-                } => found = Some(Baseline::deps_failed()),
+                } => found = Some(Baseline::deps_failed(&output_tail)),
                 Event::BuildCompleted {
                     baseline: true,
                     success: false,
+                    output_tail,
                     ..
-                } => found = Some(Baseline::build_failed()),
+                } => found = Some(Baseline::build_failed(&output_tail)),
                 Event::TestsCompleted {
                     baseline: true,
                     passed,
