@@ -30,13 +30,38 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AnswerMode {
-    /// The task's real change (`fix_patch`).
+    /// The task's real change: `fix_patch`, with the test files the task's check copies in
+    /// (the upstream commit changed them with the fix; without them a repository's own
+    /// tests that use the old API do not compile, and a truthful builder refuses the change).
     Gold,
     /// The real change plus a line that cannot compile appended to its Rust files and the
     /// top crate root, in every attempt.
     Broken,
     /// No change at all (`--native-only`: the check on the starting tree).
     None,
+}
+
+/// `changes` with the task's test files (what its check copies in, `test.sh` aside) as the
+/// final content of those paths.
+pub fn with_task_tests(
+    mut changes: Vec<FileChange>,
+    verification_files: &std::collections::BTreeMap<String, String>,
+    tracked: &[String],
+) -> Vec<FileChange> {
+    for (path, content) in verification_files {
+        if path == "test.sh" {
+            continue;
+        }
+        match changes.iter_mut().find(|c| &c.path == path) {
+            Some(c) => c.after = Some(content.clone()),
+            None => changes.push(FileChange {
+                path: path.clone(),
+                existed: tracked.contains(path),
+                after: Some(content.clone()),
+            }),
+        }
+    }
+    changes
 }
 
 /// The line `broken` appends: a syntax error in any Rust file that is compiled.
@@ -401,6 +426,24 @@ mod tests {
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].path, "src/main.rs");
         assert!(broken_targets(&docs, &["README.md".into()], read).is_empty());
+    }
+
+    #[test]
+    fn gold_carries_the_tasks_test_files() {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert("test.sh".to_string(), "cargo test\n".to_string());
+        files.insert("tests/t.rs".to_string(), "// new test\n".to_string());
+        files.insert("src/lib.rs".to_string(), "// final\n".to_string());
+        let changes = with_task_tests(fix(), &files, &["tests/t.rs".to_string()]);
+        let find = |p: &str| changes.iter().find(|c| c.path == p);
+        assert!(find("test.sh").is_none());
+        let t = find("tests/t.rs").expect("the test file");
+        assert!(t.existed);
+        assert_eq!(t.after.as_deref(), Some("// new test\n"));
+        assert_eq!(
+            find("src/lib.rs").and_then(|c| c.after.as_deref()),
+            Some("// final\n")
+        );
     }
 
     #[test]

@@ -273,6 +273,7 @@ async fn make_tree(
     }
     let tracked = tree::tracked_files(dest).await?;
     let changes = tree::changes_of_fix(dest, &task.fix_patch, &scratch).await?;
+    let changes = answers::with_task_tests(changes, &task.verification_files, &tracked);
     if changes.is_empty() {
         return Err(TreeError::NotRepresentable {
             path: "fix_patch".into(),
