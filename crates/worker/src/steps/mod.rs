@@ -2,8 +2,8 @@
 //! so a watcher sees progress live and a crash loses at most the step in flight.
 
 use crate::checks::{
-    Baseline, BaselineMode, EVENT_OUTPUT_BYTES, build_checked, not_caused_by_the_change, tail,
-    tests_checked,
+    Baseline, BaselineMode, EVENT_OUTPUT_BYTES, build_checked, not_caused_by_the_change,
+    output_for_model, tests_checked,
 };
 use crate::{Llm, PRODUCER, StepError, Worker};
 use builder_core::event::{
@@ -178,7 +178,7 @@ impl Run<'_> {
             error: ExecutionError {
                 code,
                 message: message.into(),
-                details: tail(&details.into(), EVENT_OUTPUT_BYTES),
+                details: output_for_model(&details.into(), false, EVENT_OUTPUT_BYTES),
                 retryable,
                 failed_step: self.feature.state.phase().to_string(),
             },
