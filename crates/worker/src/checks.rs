@@ -251,17 +251,24 @@ pub(crate) fn deps_checked(
     hosts: &[builder_sandbox::HostPattern],
 ) -> BuildChecked {
     let success = out.success();
+    let allowed = if hosts.is_empty() {
+        "none".to_string()
+    } else {
+        hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let failure = (!success).then(|| {
         let why = match &out.killed_by {
             Some(limit) => format!("fetching the dependencies was stopped by the sandbox's {limit}"),
             None if !out.egress_refused.is_empty() => format!(
-                "fetching the dependencies failed: the sandbox refused {} (allowed: {}; add registries to BUILDER_DEPS_EGRESS_WHITELIST)",
+                "fetching the dependencies failed: the sandbox refused {} (allowed: {allowed}; add registries to BUILDER_DEPS_EGRESS_WHITELIST)",
                 egress(out).join(", "),
-                if hosts.is_empty() { "no host".to_string() } else { hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ") }
             ),
             None => format!(
-                "fetching the dependencies failed (`{command}`, registries reachable: {})",
-                if hosts.is_empty() { "none".to_string() } else { hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ") }
+                "fetching the dependencies failed (`{command}`, registries reachable: {allowed})"
             ),
         };
         (why, output_for_model(&out.output, false, EVENT_OUTPUT_BYTES))
