@@ -628,15 +628,9 @@ impl Run<'_> {
     }
 
     async fn write_artifact(&self, name: &str, bytes: &[u8]) {
-        let dir = self.w.artifacts_dir(self.feature.id);
-        let result = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(dir.join(name), bytes).await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(feature = %self.feature.id, artifact = name, error = %e, "could not write artifact");
-        }
+        self.w
+            .write_feature_artifact(self.feature.id, name, bytes)
+            .await
     }
 }
 
