@@ -111,10 +111,12 @@ impl UsageLedger {
     fn add(&self, attempt: &Attempt) {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let u = &attempt.usage;
-        s.usage.input_tokens += u.input_tokens;
-        s.usage.output_tokens += u.output_tokens;
-        s.usage.cache_read_tokens += u.cache_read_tokens;
-        s.usage.cache_write_tokens += u.cache_write_tokens;
+        // The figures come from the provider: saturate rather than overflow.
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut s.usage.input_tokens, u.input_tokens);
+        add(&mut s.usage.output_tokens, u.output_tokens);
+        add(&mut s.usage.cache_read_tokens, u.cache_read_tokens);
+        add(&mut s.usage.cache_write_tokens, u.cache_write_tokens);
         s.usage.estimated |= u.estimated;
         s.cost_usd = match (s.cost_usd, attempt.cost_usd) {
             (Some(a), Some(b)) => Some(a + b),

@@ -127,7 +127,7 @@ pub fn apply_edits(root: &Path, edits: &[Edit]) -> Result<Vec<AppliedEdit>, Edit
                 source,
             },
         })?;
-        let display = rel.to_string_lossy().replace('\\', "/");
+        let display = rel.to_string_lossy().into_owned();
         if !staged.contains_key(&rel) {
             let full = root.join(&rel);
             let (original, permissions) = match std::fs::read(&full) {
@@ -319,6 +319,11 @@ fn normalize(path: &str) -> Result<PathBuf, String> {
     }
     if path.contains('\0') {
         return Err("the path contains a NUL byte".into());
+    }
+    // A model used to Windows writes `src\lib.rs`; on this side that is one file named
+    // with a backslash in the repository root, and reporting it as `src/lib.rs` would lie.
+    if path.contains('\\') {
+        return Err("use `/` to separate directories; `\\` is not allowed in paths".into());
     }
     let mut out = PathBuf::new();
     for component in Path::new(path).components() {

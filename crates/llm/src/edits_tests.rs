@@ -207,6 +207,7 @@ fn paths_outside_the_root_or_into_git_are_refused() {
         ("sub/.GIT/config", ".git"),
         ("", "empty"),
         (".", "repository root"),
+        ("src\\lib.rs", "use `/`"),
     ] {
         let err = apply_edits(&root, &[create(path, "x")]).unwrap_err();
         assert!(

@@ -24,6 +24,8 @@ mod stream;
 mod types;
 
 #[cfg(test)]
+mod edits_fuzz_tests;
+#[cfg(test)]
 mod edits_tests;
 #[cfg(test)]
 mod sidecar_tests;

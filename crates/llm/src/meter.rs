@@ -761,7 +761,10 @@ pub(crate) fn usage_of(u: &Value) -> Option<TokenUsage> {
         let read = n(&u["cache_read_input_tokens"]);
         let write = n(&u["cache_creation_input_tokens"]);
         return Some(TokenUsage {
-            input_tokens: n(&u["input_tokens"]) + read + write,
+            // Saturating: the figures come from outside, and a wrapped count would undercharge.
+            input_tokens: n(&u["input_tokens"])
+                .saturating_add(read)
+                .saturating_add(write),
             output_tokens: n(&u["output_tokens"]),
             cache_read_tokens: read,
             cache_write_tokens: write,
@@ -905,7 +908,7 @@ impl StreamedAnswer {
                 "usage": {
                     "input_tokens": usage
                         .input_tokens
-                        .saturating_sub(usage.cache_read_tokens + usage.cache_write_tokens),
+                        .saturating_sub(usage.cache_read_tokens.saturating_add(usage.cache_write_tokens)),
                     "output_tokens": usage.output_tokens,
                 },
             }),
@@ -982,6 +985,10 @@ impl SseUsage {
         self.finish().0
     }
 }
+
+#[cfg(test)]
+#[path = "meter_fuzz_tests.rs"]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,9 @@ mod junit;
 mod mocha;
 mod text;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use serde::{Deserialize, Serialize};
 
 pub use cargo::parse_cargo;
