@@ -5,6 +5,7 @@ use crate::error::LlmError;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -61,8 +62,13 @@ const INHERITED_ENV: &[&str] = &[
     "http_proxy",
     "https_proxy",
     "no_proxy",
-    "BAML_LOG",
 ];
+
+/// BAML's own log level for the sidecar, whatever builder's environment says. At `info`
+/// and below BAML prints every call's prompt and raw answer — repository content — to its
+/// stdout; at `warn` it prints only failed calls (still with their prompt, which
+/// `forward_output` withholds).
+const BAML_LOG_LEVEL: &str = "warn";
 
 /// Where a running sidecar answers; changes on every (re)start.
 #[derive(Clone)]
@@ -361,17 +367,90 @@ fn free_port() -> Result<u16, LlmError> {
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
-fn forward_output(stream: impl AsyncRead + Unpin + Send + 'static, tail: Tail, pid: Option<u32>) {
+/// How one line of the sidecar's output may reach builder's log.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Forward<'a> {
+    /// Before the sidecar answers, nothing of a prompt can have reached it: its output is
+    /// about its own start (and a failed start needs it), so it is logged as it is.
+    Verbatim(&'a str),
+    /// The head of one of BAML's function-call log entries, whose following lines are the
+    /// prompt and the model's answer: only the function's name and BAML's level are kept.
+    Call { function: &'a str, level: &'a str },
+    /// Any other head of a BAML log entry once calls may run: its text could quote a prompt.
+    Entry { level: &'a str, bytes: usize },
+    /// A continuation or an unstructured line once calls may run.
+    Withheld,
+}
+
+/// BAML's log heads look like `2026-01-02T03:04:05.678 [BAML WARN] message`.
+fn baml_head(line: &str) -> Option<(&str, &str)> {
+    let (_, rest) = line.split_once(" [BAML ")?;
+    let (level, message) = rest.split_once("] ")?;
+    let level_ok = !level.is_empty() && level.chars().all(|c| c.is_ascii_uppercase());
+    let stamp_ok = line.starts_with(|c: char| c.is_ascii_digit());
+    (level_ok && stamp_ok).then_some((level, message))
+}
+
+/// Decides what of `line` builder's log may show; `serving` is whether the sidecar has
+/// been handed to callers (after which any line may hold repository content).
+pub(crate) fn classify(line: &str, serving: bool) -> Forward<'_> {
+    if !serving {
+        return Forward::Verbatim(line);
+    }
+    let Some((level, message)) = baml_head(line) else {
+        return Forward::Withheld;
+    };
+    let function = message
+        .strip_prefix("Function ")
+        .and_then(|m| m.strip_suffix(':'))
+        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    match function {
+        Some(function) => Forward::Call { function, level },
+        None => Forward::Entry {
+            level,
+            bytes: message.len(),
+        },
+    }
+}
+
+/// Reads one output stream of the sidecar into builder's log, filtered by [`classify`]; the
+/// last lines of its start are kept in `tail` for the error a failed start returns.
+fn forward_output(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    tail: Tail,
+    serving: Arc<AtomicBool>,
+    pid: Option<u32>,
+) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            // Prompts (repository content) appear in these lines, so they stay at debug.
-            tracing::debug!(target: "builder_llm::sidecar", pid, "{line}");
-            let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-            if tail.len() == 20 {
-                tail.pop_front();
+            match classify(&line, serving.load(Ordering::Acquire)) {
+                Forward::Verbatim(text) => {
+                    tracing::debug!(target: "builder_llm::sidecar", pid, "{text}");
+                    let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                    if tail.len() == 20 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                // BAML runs at `warn`, so an entry about a call is a failed call; the
+                // error itself reaches the caller through the HTTP answer.
+                Forward::Call { function, level } => tracing::info!(
+                    target: "builder_llm::sidecar",
+                    pid,
+                    function,
+                    baml_level = level,
+                    "the sidecar logged a call (its prompt and answer are not shown)"
+                ),
+                Forward::Entry { level, bytes } => tracing::debug!(
+                    target: "builder_llm::sidecar",
+                    pid,
+                    baml_level = level,
+                    bytes,
+                    "the sidecar logged a message (not shown: it may quote a prompt)"
+                ),
+                Forward::Withheld => {}
             }
-            tail.push_back(line);
         }
     });
 }
@@ -409,6 +488,12 @@ async fn launch(
         }
     }
     cmd.env("BAML_PASSWORD", &password);
+    cmd.env("BAML_LOG", BAML_LOG_LEVEL);
+    // Plain lines, whatever the operator's terminal: `classify` reads BAML's log heads (its
+    // documentation names the colour setting both ways).
+    cmd.env("BAML_LOG_JSON", "0");
+    cmd.env("BAML_LOG_COLOR_MODE", "never");
+    cmd.env("BAML_LOG_STYLE", "never");
     // kill_on_drop does not run when builder itself is SIGKILLed; the kernel's parent-death
     // signal does, so no orphaned sidecar keeps a port (and its password) open.
     // SAFETY: prctl is async-signal-safe and touches only the forked child.
@@ -430,11 +515,12 @@ async fn launch(
     })?;
     let pid = child.id();
     let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+    let serving = Arc::new(AtomicBool::new(false));
     if let Some(out) = child.stdout.take() {
-        forward_output(out, tail.clone(), pid);
+        forward_output(out, tail.clone(), serving.clone(), pid);
     }
     if let Some(err) = child.stderr.take() {
-        forward_output(err, tail.clone(), pid);
+        forward_output(err, tail.clone(), serving.clone(), pid);
     }
     let base_url = format!("http://127.0.0.1:{port}");
     let ping = format!("{base_url}/_debug/ping");
@@ -464,6 +550,9 @@ async fn launch(
                 stop_child(&mut child).await;
                 return Err(e);
             }
+            // Set before the endpoint is published, so no line printed after a caller's
+            // first request can be taken for a startup line.
+            serving.store(true, Ordering::Release);
             return Ok((
                 child,
                 Endpoint {
@@ -517,3 +606,7 @@ pub(crate) async fn check_password(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "sidecar_log_tests.rs"]
+mod log_tests;

@@ -181,10 +181,15 @@ impl Run<'_> {
         let mut last_error = String::new();
         for _attempt in 0..2 {
             let sources = self.read_sources(files).await;
+            // Feedback quotes build output and, when edits did not apply, the real lines of
+            // the file next to the model's search block: a secret there must not travel.
+            let shown = feedback
+                .as_deref()
+                .map(|f| builder_analysis::redact_secrets(f).0);
             let edits = match self
                 .call(
                     "GenerateEdits",
-                    client.generate(&request, plan, index, &sources, feedback.as_deref()),
+                    client.generate(&request, plan, index, &sources, shown.as_deref()),
                 )
                 .await?
             {
@@ -227,6 +232,18 @@ impl Run<'_> {
                 edit_count: edits.edits.len() as u32,
             }])
             .await?;
+            let writes_redacted = writes_redaction_marker(&self.workdir(), &edits.edits);
+            if !writes_redacted.is_empty() {
+                last_error = format!(
+                    "edits would write `{}` into {}: those values were withheld from you and \
+                     the file keeps its real ones; leave those lines out of your edits \
+                     (SEARCH_REPLACE on the lines around them)",
+                    builder_analysis::REDACTED,
+                    writes_redacted.join(", ")
+                );
+                feedback = Some(last_error.clone());
+                continue;
+            }
             if !forbidden.is_empty() {
                 last_error = format!(
                     "edits to paths outside the allowed paths are refused: {}",
@@ -317,5 +334,101 @@ impl Run<'_> {
             }
         }
         out
+    }
+}
+
+/// The paths whose edit would write more of builder's redaction marker than the text it
+/// replaces holds: a model that copies a redacted line back would overwrite a real secret
+/// (a password the application needs) with the marker.
+fn writes_redaction_marker(root: &std::path::Path, edits: &[builder_llm::Edit]) -> Vec<String> {
+    let count = |s: &str| s.matches(builder_analysis::REDACTED).count();
+    edits
+        .iter()
+        .filter(|e| {
+            let written = e
+                .content
+                .as_deref()
+                .or(e.replace.as_deref())
+                .map_or(0, count);
+            if written == 0 {
+                return false;
+            }
+            let replaced = match (&e.search, &e.content) {
+                (Some(search), None) => count(search),
+                // A whole file: what it holds now (the real file, never the prompt's copy);
+                // a path that leaves the working copy is refused when the edits apply.
+                _ if std::path::Path::new(&e.path).components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                }) =>
+                {
+                    std::fs::read_to_string(root.join(&e.path)).map_or(0, |t| count(&t))
+                }
+                _ => 0,
+            };
+            written > replaced
+        })
+        .map(|e| e.path.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writes_redaction_marker;
+    use builder_analysis::REDACTED;
+    use builder_llm::{Edit, EditAction};
+
+    fn edit(path: &str, action: EditAction) -> Edit {
+        Edit {
+            path: path.into(),
+            action,
+            content: None,
+            search: None,
+            replace: None,
+        }
+    }
+
+    #[test]
+    fn copying_a_redacted_value_back_is_refused_but_keeping_a_real_marker_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("settings.py"), "DB_PASSWORD = \"hunter2\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("marker.rs"),
+            format!("const M: &str = \"{REDACTED}\";\n"),
+        )
+        .unwrap();
+        let whole = Edit {
+            content: Some(format!("DB_PASSWORD = \"{REDACTED}\"\nDEBUG = True\n")),
+            ..edit("settings.py", EditAction::ReplaceFile)
+        };
+        let line = Edit {
+            search: Some("DEBUG = False".into()),
+            replace: Some(format!("DB_PASSWORD = \"{REDACTED}\"\nDEBUG = True")),
+            ..edit("settings.py", EditAction::SearchReplace)
+        };
+        // The file already holds the marker text as code of its own (builder's own sources).
+        let own = Edit {
+            content: Some(format!("const M: &str = \"{REDACTED}\";\nconst N: u8 = 1;\n")),
+            ..edit("marker.rs", EditAction::ReplaceFile)
+        };
+        let untouched = Edit {
+            search: Some(format!("DB_PASSWORD = \"{REDACTED}\"")),
+            replace: Some(format!("DB_PASSWORD = \"{REDACTED}\"  # from the vault")),
+            ..edit("settings.py", EditAction::SearchReplace)
+        };
+        let outside = Edit {
+            content: Some(REDACTED.into()),
+            ..edit("../x", EditAction::Create)
+        };
+        assert_eq!(
+            writes_redaction_marker(dir.path(), &[whole, line, own, untouched]),
+            vec!["settings.py".to_string(), "settings.py".to_string()]
+        );
+        assert_eq!(
+            writes_redaction_marker(dir.path(), &[outside]),
+            vec!["../x".to_string()]
+        );
     }
 }

@@ -154,12 +154,14 @@ impl Run<'_> {
             Ok(c) => c,
             Err(why) => return self.fail(None, ErrorCode::Internal, why, "", true).await,
         };
-        let diff = self.diff().await;
+        // The diff's context lines and the test output may quote a secret of the repository.
+        let diff = builder_analysis::redact_secrets(&self.diff().await).0;
+        let shown_summary = builder_analysis::redact_secrets(&test_summary).0;
         let request = self.request();
         match self
             .call(
                 "ValidateChange",
-                client.validate(&request, &diff, &test_summary),
+                client.validate(&request, &diff, &shown_summary),
             )
             .await?
         {
