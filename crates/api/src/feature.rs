@@ -155,13 +155,23 @@ fn same_request(existing: Feature, spec: &FeatureSpec) -> Result<Feature, Connec
     }
 }
 
+/// The Connect code for a store error: what the request got wrong is the client's to fix,
+/// an unreachable database is worth retrying, anything else is ours (and logged as such).
 pub(crate) fn store_error(e: StoreError) -> ConnectError {
     match e {
         StoreError::AlreadyExists { what } => ConnectError::already_exists(what),
         StoreError::Conflict { .. } => ConnectError::aborted(format!("{e}; retry the request")),
+        StoreError::NotFound { what } => ConnectError::not_found(format!("{what} not found")),
+        StoreError::Invalid(reason) => ConnectError::invalid_argument(reason),
+        StoreError::Unavailable(_) => {
+            // An outage is logged where it is detected (the store's circuit), not once per
+            // request it turns away.
+            tracing::debug!(error = %e, "store unavailable");
+            ConnectError::unavailable(format!("{e}; retry later"))
+        }
         other => {
             tracing::error!(error = %other, "store error");
-            ConnectError::unavailable(format!("the store failed: {other}"))
+            ConnectError::internal(format!("the store failed: {other}"))
         }
     }
 }
@@ -342,6 +352,7 @@ impl FeatureService for FeatureApi {
                     });
                 }
                 Err(AppendError::Conflict) => continue,
+                Err(AppendError::Store(e)) => return Err(store_error(e)),
                 Err(e) => return Err(ConnectError::internal(format!("cancel failed: {e}"))),
             }
         }
@@ -434,6 +445,14 @@ impl FeatureService for FeatureApi {
         request: ServiceRequest<'_, ListEventsRequest>,
     ) -> ServiceResult<ServiceStream<ListEventsResponse>> {
         let req = request.to_owned_message();
+        // Sequences are stored as BIGINT: anything larger names no event there can ever be,
+        // and must be told apart from the store failing.
+        if i64::try_from(req.after_sequence).is_err() {
+            return Err(invalid(
+                "after_sequence",
+                format!("must be at most {}", i64::MAX),
+            ));
+        }
         let feature = self
             .load("feature_execution_id", &req.feature_execution_id)
             .await?;
@@ -558,5 +577,48 @@ fn artifact_kind(name: &str) -> (ArtifactType, &'static str) {
         (ArtifactType::PLAN, "application/json")
     } else {
         (ArtifactType::ANALYSIS_REPORT, "text/plain")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connectrpc::ErrorCode;
+
+    #[test]
+    fn store_errors_caused_by_the_request_are_not_outages() {
+        let code = |e: StoreError| store_error(e).code;
+        assert_eq!(
+            code(StoreError::Invalid(
+                "sequence 18446744073709551615 is out of range".into()
+            )),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(StoreError::NotFound {
+                what: "repository x".into()
+            }),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(StoreError::Conflict {
+                expected: 1,
+                actual: 2
+            }),
+            ErrorCode::Aborted
+        );
+        assert_eq!(
+            code(StoreError::Unavailable("pool timed out".into())),
+            ErrorCode::Unavailable
+        );
+        // Broken data or keys are ours to fix: retrying forever will not help.
+        assert_eq!(
+            code(StoreError::Corrupt("feature projection".into())),
+            ErrorCode::Internal
+        );
+        assert_eq!(
+            code(StoreError::Crypto("unknown key id".into())),
+            ErrorCode::Internal
+        );
     }
 }

@@ -6,7 +6,10 @@ use crate::convert::{self, invalid, parse_uuid};
 use crate::feature::store_error;
 use crate::proto::builder::repository::v1::RepositoryState as WireState;
 use crate::proto::builder::repository::v1::*;
-use builder_core::repository::validate_repository_url;
+use builder_core::repository::{
+    FORGE_API_BASE_PROPERTY, credential_travels_in_clear, validate_forge_api_base,
+    validate_repository_url,
+};
 use builder_core::spec::is_valid_branch_name;
 use builder_core::{Credential, Provider, Repository, RepositoryId, RepositoryState};
 use builder_store::SecretBytes;
@@ -14,6 +17,7 @@ use connectrpc::{
     ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
 };
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 pub struct RepositoryApi {
@@ -60,6 +64,12 @@ impl RepositoryApi {
             })
     }
 
+    /// The backend's [`UrlPolicy`](builder_core::repository::UrlPolicy) for `url`, with
+    /// local paths resolved on this host.
+    fn check_url_policy(&self, url: &str) -> Result<(), String> {
+        self.backend.url_policy().check(url, &resolve_local)
+    }
+
     async fn save_credential(
         &self,
         id: RepositoryId,
@@ -99,7 +109,73 @@ fn validate_properties(props: &BTreeMap<String, String>) -> Result<(), ConnectEr
             "keys must be 1–128 characters and values at most 4096",
         ));
     }
+    if let Some(base) = props.get(FORGE_API_BASE_PROPERTY) {
+        validate_forge_api_base(base)
+            .map_err(|why| invalid("properties", format!("{FORGE_API_BASE_PROPERTY} {why}")))?;
+    }
     Ok(())
+}
+
+/// A password or token for a plain `http://` remote off this machine would cross the
+/// network unencrypted on every fetch and push.
+fn check_credential_transport(url: &str, credential: &Credential) -> Result<(), ConnectError> {
+    let secret_over_http = matches!(
+        credential,
+        Credential::Token { .. } | Credential::Basic { .. } | Credential::Oauth { .. }
+    );
+    if secret_over_http && credential_travels_in_clear(url) {
+        return Err(invalid(
+            "credential",
+            format!(
+                "a {} credential would be sent unencrypted to this http:// remote; use https:// (plain http:// only to localhost, 127.0.0.0/8 or [::1])",
+                credential.type_name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where `path` really is: `..` applied and symlinks followed component by component, and
+/// for a part that does not exist (yet) its nearest existing ancestor resolved with the
+/// rest appended — git may create it, or a symlink may appear there later, but it can only
+/// land where that ancestor is.
+fn resolve_local(path: &Path) -> PathBuf {
+    resolve_following(path, 0)
+}
+
+/// Symlinks followed at most, as the kernel's own limit: a loop resolves no further.
+const MAX_SYMLINKS: u32 = 40;
+
+fn resolve_following(path: &Path, followed: u32) -> PathBuf {
+    let mut resolved = PathBuf::from("/");
+    let mut exists = true;
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => {
+                resolved.push(name);
+                if !exists {
+                    continue;
+                }
+                if let Ok(real) = std::fs::canonicalize(&resolved) {
+                    resolved = real;
+                    continue;
+                }
+                exists = false;
+                // A dangling symlink leads wherever its target would be created.
+                if followed < MAX_SYMLINKS
+                    && let Ok(target) = std::fs::read_link(&resolved)
+                {
+                    resolved.pop();
+                    resolved = resolve_following(&resolved.join(target), followed + 1);
+                }
+            }
+        }
+    }
+    resolved
 }
 
 /// What ValidateAccess answers. `valid` is about reading (the credential works at all);
@@ -141,6 +217,8 @@ impl RepositoryService for RepositoryApi {
         validate_name(&name)?;
         let url = req.url.trim().to_string();
         validate_repository_url(&url).map_err(|reason| invalid("url", reason))?;
+        self.check_url_policy(&url)
+            .map_err(|reason| invalid("url", reason))?;
         if !req.default_branch.is_empty() && !is_valid_branch_name(&req.default_branch) {
             return Err(invalid("default_branch", "is not a valid branch name"));
         }
@@ -149,6 +227,9 @@ impl RepositoryService for RepositoryApi {
         let provider =
             convert::provider_from_proto(&req.provider)?.unwrap_or_else(|| Provider::detect(&url));
         let credential = convert::credential_from_proto(req.credential.into_option())?;
+        if let Some(c) = &credential {
+            check_credential_transport(&url, c)?;
+        }
         let store = self.backend.store();
 
         // Idempotent: registering the same name and URL again returns the repository.
@@ -253,32 +334,35 @@ impl RepositoryService for RepositoryApi {
         if page.limit > 500 {
             return Err(invalid("pagination.limit", "must be at most 500"));
         }
-        let query = if req.query.is_empty() {
-            None
-        } else {
-            Some(req.query.as_str())
+        let states = req
+            .states
+            .iter()
+            .map(|s| match s.as_known() {
+                Some(WireState::ACTIVE) => Ok(RepositoryState::Active),
+                Some(WireState::INACTIVE) => Ok(RepositoryState::Inactive),
+                Some(WireState::DELETED) => Ok(RepositoryState::Deleted),
+                _ => Err(invalid("states", format!("unknown state {}", s.to_i32()))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The state filter goes into the store's query: filtering a page afterwards would
+        // return short pages, and DELETED rows would never reach it.
+        let query = builder_store::RepositoryQuery {
+            query: Some(req.query).filter(|q| !q.is_empty()),
+            states,
+            limit: if page.limit == 0 { 100 } else { page.limit },
+            offset: page.offset,
         };
-        let limit = if page.limit == 0 { 100 } else { page.limit };
         let repos = self
             .backend
             .store()
-            .list_repositories(query, limit, page.offset)
+            .list_repositories(&query)
             .await
             .map_err(store_error)?;
-        let wanted: Vec<i32> = req.states.iter().map(|s| s.to_i32()).collect();
         let items: Vec<_> = repos
             .iter()
-            .map(convert::repository)
-            .filter(|r| {
-                if wanted.is_empty() {
-                    r.state.to_i32() != WireState::DELETED as i32
-                } else {
-                    wanted.contains(&r.state.to_i32())
-                }
-            })
             .map(|r| {
                 Ok(ListResponse {
-                    repository: r.into(),
+                    repository: convert::repository(r).into(),
                     ..Default::default()
                 })
             })
@@ -303,10 +387,32 @@ impl RepositoryService for RepositoryApi {
             }
             repo.default_branch = branch;
         }
+        let mut origin_changed = false;
         if !req.properties.is_empty() {
             let props: BTreeMap<String, String> = req.properties.into_iter().collect();
             validate_properties(&props)?;
+            let api_base = |p: &BTreeMap<String, String>| {
+                p.get(FORGE_API_BASE_PROPERTY)
+                    .map(|b| b.trim().trim_end_matches('/').to_owned())
+            };
+            origin_changed = api_base(&repo.properties) != api_base(&props);
             repo.properties = props;
+        }
+        // A credential is bound to where it was given for: whoever may call Update must not
+        // be able to point the forge API (which gets the token) somewhere else and keep it.
+        // Dropped before the new properties are stored, so a failure in between leaves the
+        // old origin without a credential rather than the new one with it.
+        if origin_changed && repo.credential_type.is_some() {
+            self.backend
+                .store()
+                .clear_credential(repo.id)
+                .await
+                .map_err(store_error)?;
+            repo.credential_type = None;
+            tracing::warn!(
+                repository = %repo.id,
+                "{FORGE_API_BASE_PROPERTY} changed: the stored credential was dropped; give it again with UpdateCredentials"
+            );
         }
         repo.updated_at = chrono::Utc::now();
         self.backend
@@ -329,6 +435,7 @@ impl RepositoryService for RepositoryApi {
         let mut repo = self.load(&req.id).await?;
         let credential = convert::credential_from_proto(req.credential.into_option())?
             .ok_or_else(|| invalid("credential", "is required"))?;
+        check_credential_transport(&repo.url, &credential)?;
         self.save_credential(repo.id, &credential).await?;
         repo.credential_type = Some(credential.type_name().to_string());
         repo.updated_at = chrono::Utc::now();
@@ -349,6 +456,15 @@ impl RepositoryService for RepositoryApi {
         request: ServiceRequest<'_, ValidateAccessRequest>,
     ) -> ServiceResult<ValidateAccessResponse> {
         let repo = self.load(request.id).await?;
+        // Checked again here, not only at Register: the allow-list may have been narrowed
+        // since, and a probe must never become a way to reach arbitrary hosts and ports.
+        if let Err(reason) = self.check_url_policy(&repo.url) {
+            return Response::ok(ValidateAccessResponse {
+                valid: false,
+                error: format!("url: {reason}"),
+                ..Default::default()
+            });
+        }
         let credential = self.credential(&repo).await?;
         let (valid, error, permissions) =
             access_report(&*self.backend, &repo.url, credential).await;
@@ -383,8 +499,8 @@ impl RepositoryService for RepositoryApi {
 mod tests {
     use super::*;
     use builder_core::FeatureId;
+    use builder_core::repository::UrlPolicy;
     use futures::future::BoxFuture;
-    use std::path::PathBuf;
 
     /// The Backend methods `access_report` never calls.
     macro_rules! unused_backend_methods {
@@ -401,6 +517,10 @@ mod tests {
             }
             fn artifacts_dir(&self, _: FeatureId) -> PathBuf {
                 PathBuf::new()
+            }
+            fn url_policy(&self) -> &UrlPolicy {
+                static NONE: std::sync::OnceLock<UrlPolicy> = std::sync::OnceLock::new();
+                NONE.get_or_init(UrlPolicy::default)
             }
         };
     }
@@ -494,5 +614,131 @@ mod tests {
         assert!(!valid);
         assert_eq!(error, "not found");
         assert!(p.is_empty());
+    }
+
+    /// A directory removed when the test ends (this crate has no tempfile dependency).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// builder's data directory, a symlink into it, a dangling symlink that git would
+    /// create through, and a symlink loop.
+    fn layout() -> (Scratch, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("builder-api-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let scratch = Scratch(dir.clone());
+        let root = std::fs::canonicalize(&dir).expect("canonical scratch dir");
+        let data = root.join("data");
+        std::fs::create_dir_all(data.join("mirrors/1.git")).expect("mkdir");
+        std::fs::create_dir_all(root.join("srv/git")).expect("mkdir");
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(root.join(target), root.join(at)).expect("symlink")
+        };
+        link("data/mirrors", "srv/mirrors");
+        link("data/not-yet", "srv/dangling");
+        link("srv/loop-b", "srv/loop-a");
+        link("srv/loop-a", "srv/loop-b");
+        (scratch, root)
+    }
+
+    #[test]
+    fn local_paths_resolve_through_symlinks_dot_dot_and_missing_parts() {
+        let (_dir, root) = layout();
+        let data = root.join("data");
+        for (path, expected) in [
+            ("srv/mirrors/1.git", data.join("mirrors/1.git")),
+            (
+                "srv/mirrors/new/deeper.git",
+                data.join("mirrors/new/deeper.git"),
+            ),
+            ("srv/git/../../data/keys", data.join("keys")),
+            ("srv/nothing/../../data", data.clone()),
+            ("srv/dangling/x.git", data.join("not-yet/x.git")),
+            ("srv/./git", root.join("srv/git")),
+        ] {
+            assert_eq!(resolve_local(&root.join(path)), expected, "{path}");
+        }
+        // A loop ends instead of recursing forever, and leads nowhere protected.
+        let looped = resolve_local(&root.join("srv/loop-a/x"));
+        assert!(!looped.starts_with(&data), "{}", looped.display());
+    }
+
+    #[test]
+    fn no_local_url_reaches_builders_own_state() {
+        let (_dir, root) = layout();
+        let policy = UrlPolicy::new(vec![root.join("data")], None);
+        let check = |url: String| policy.check(&url, &resolve_local);
+        for path in [
+            "data/mirrors/1.git",
+            "srv/mirrors/1.git",
+            "srv/mirrors",
+            "srv/git/../../data/keys",
+            "srv/dangling/x",
+        ] {
+            let path = root.join(path).display().to_string();
+            assert!(check(path.clone()).is_err(), "{path}");
+            assert!(check(format!("file://{path}")).is_err(), "file://{path}");
+        }
+        // `git` opens `<path>.git` when `<path>` is no repository.
+        std::os::unix::fs::symlink(root.join("data/mirrors/1.git"), root.join("srv/app.git"))
+            .expect("symlink");
+        assert!(check(root.join("srv/app").display().to_string()).is_err());
+        assert_eq!(
+            check(root.join("srv/git/app.git").display().to_string()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn secrets_for_plain_http_remotes_must_stay_on_this_machine() {
+        let token = Credential::Token {
+            token: "tok-SECRET".into(),
+            username: None,
+        };
+        let oauth = Credential::Oauth {
+            token: "oauth-SECRET".into(),
+            refresh_token: None,
+        };
+        let basic = Credential::Basic {
+            username: "u".into(),
+            password: "pw-SECRET".into(),
+        };
+        for c in [&token, &oauth, &basic] {
+            let err = check_credential_transport("http://git.example/x.git", c).unwrap_err();
+            assert!(
+                err.to_string().contains("invalid_argument: credential:"),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+            for ok in [
+                "https://git.example/x.git",
+                "http://127.0.0.1:8080/x.git",
+                "http://localhost/x.git",
+            ] {
+                assert!(check_credential_transport(ok, c).is_ok(), "{ok}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_forge_api_base_that_would_leak_the_token_is_refused_by_name() {
+        for bad in [
+            "http://attacker.example/api",
+            "https://u:p@host/api",
+            "nope",
+        ] {
+            let props = BTreeMap::from([(FORGE_API_BASE_PROPERTY.to_owned(), bad.to_owned())]);
+            let err = validate_properties(&props).unwrap_err().to_string();
+            assert!(err.contains("properties: forge_api_base"), "{bad}: {err}");
+        }
+        let props = BTreeMap::from([(
+            FORGE_API_BASE_PROPERTY.to_owned(),
+            "http://127.0.0.1:9/api/v4".to_owned(),
+        )]);
+        assert!(validate_properties(&props).is_ok());
     }
 }

@@ -61,6 +61,12 @@ impl EmbeddedBus {
     pub fn partition_of(&self, feature: FeatureId) -> usize {
         partition_of(feature, self.partitions.len())
     }
+
+    /// Whether every partition still has its consumer (a consumer that died would leave
+    /// its features' messages unhandled).
+    pub fn is_running(&self) -> bool {
+        self.partitions.iter().all(|p| !p.is_closed())
+    }
 }
 
 /// Stable across processes and releases (unlike `DefaultHasher`'s seed), so a distributed
@@ -127,9 +133,13 @@ async fn consume(
 fn spawn_run(feature: FeatureId, handler: Handler, tx: mpsc::UnboundedSender<Msg>) {
     tokio::spawn(async move {
         // A panicking handler must not wedge the feature: report and free the slot.
-        let outcome = tokio::spawn(handler(feature)).await;
-        if let Err(e) = outcome {
-            tracing::error!(%feature, error = %e, "feature handler panicked");
+        match tokio::spawn(handler(feature)).await {
+            Ok(()) => {}
+            // The runtime shutting down cancels runs; the feature resumes at the next start.
+            Err(e) if e.is_cancelled() => {
+                tracing::info!(%feature, "feature run cancelled (shutting down); it resumes at the next start")
+            }
+            Err(e) => tracing::error!(%feature, error = %e, "feature handler panicked"),
         }
         let _ = tx.send(Msg::Finished(feature));
     });

@@ -2,6 +2,7 @@
 //! embedded mode or is optional; a bad value stops start-up with a message naming it.
 
 use anyhow::{Context, Result, bail};
+use builder_core::repository::{URL_ALLOW_VARIABLE, UrlAllowList};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ pub struct Config {
     pub service_port: u16,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// DATABASE_ACQUIRE_TIMEOUT_SECONDS: how long a request waits for a PostgreSQL
+    /// connection before it is answered "unavailable".
+    pub database_acquire_timeout: Duration,
     pub migrate: bool,
     pub partition_count: usize,
     pub workspace_base: PathBuf,
@@ -45,6 +49,24 @@ pub struct Config {
     /// PEM CA certificates trusted on top of the platform's roots, for git's https and the
     /// forge APIs (a self-hosted forge behind a private CA).
     pub extra_ca_file: Option<PathBuf>,
+    /// BUILDER_REPOSITORY_URL_ALLOW: where repositories may be registered from and probed
+    /// (`None`: anywhere but builder's own state).
+    pub repository_url_allow: Option<UrlAllowList>,
+}
+
+/// A set [`URL_ALLOW_VARIABLE`] must say something: an operator who sets it means to
+/// restrict, and a list that parses to nothing would silently allow everything.
+fn repository_url_allow() -> Result<Option<UrlAllowList>> {
+    let Some(value) = var(URL_ALLOW_VARIABLE) else {
+        return Ok(None);
+    };
+    match UrlAllowList::parse(&value) {
+        Ok(Some(list)) => Ok(Some(list)),
+        Ok(None) => bail!(
+            "{URL_ALLOW_VARIABLE}={value:?} has no entries; unset it to allow every repository URL"
+        ),
+        Err(e) => bail!("{URL_ALLOW_VARIABLE}: {e}"),
+    }
 }
 
 fn var(name: &str) -> Option<String> {
@@ -164,6 +186,10 @@ impl Config {
             service_port: parsed("SERVICE_PORT", 8080)?,
             data_dir,
             database_url,
+            database_acquire_timeout: secs(
+                "DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+                builder_store::StoreSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs(),
+            )?,
             migrate: boolean("DO_DATABASE_MIGRATE", embedded)?,
             partition_count,
             workspace_base,
@@ -207,6 +233,7 @@ impl Config {
             log_level: var("LOG_LEVEL").unwrap_or_else(|| "info".into()),
             log_json,
             extra_ca_file,
+            repository_url_allow: repository_url_allow()?,
         })
     }
 }

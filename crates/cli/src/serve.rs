@@ -3,8 +3,9 @@
 
 use crate::config::Config;
 use anyhow::{Context, Result};
-use builder_api::Backend;
+use builder_api::{Backend, ReadinessCheck};
 use builder_bus::{EmbeddedBus, Handler, WorkBus};
+use builder_core::repository::UrlPolicy;
 use builder_core::{Credential, FeatureId};
 use builder_git::{Git, GitConfig, GitCredential};
 use builder_store::Store;
@@ -19,6 +20,7 @@ struct ServeBackend {
     bus: Arc<EmbeddedBus>,
     worker: Arc<Worker>,
     git: Arc<Git>,
+    url_policy: UrlPolicy,
     max_repair_iterations: u32,
 }
 
@@ -78,6 +80,10 @@ impl Backend for ServeBackend {
         .boxed()
     }
 
+    fn url_policy(&self) -> &UrlPolicy {
+        &self.url_policy
+    }
+
     fn max_repair_iterations(&self) -> u32 {
         self.max_repair_iterations
     }
@@ -92,8 +98,12 @@ BAML_CLIENT_MODEL and BAML_CLIENT_API_KEY (or BAML_CLIENT_BASE_URL for an OpenAI
 then restart builder";
 
 pub async fn serve(config: Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating BUILDER_DATA_DIR {}", config.data_dir.display()))?;
+    // Private from the first start whatever the umask, and tightened if an older version
+    // left it open: it holds the database, the credential key and every feature's artifacts.
+    for dir in [config.data_dir.clone(), config.data_dir.join("artifacts")] {
+        builder_store::private_fs::ensure_private_dir(&dir)
+            .with_context(|| format!("preparing BUILDER_DATA_DIR {}", config.data_dir.display()))?;
+    }
     std::fs::create_dir_all(&config.workspace_base).with_context(|| {
         format!(
             "creating GIT_WORKSPACE_BASE_PATH {}",
@@ -101,10 +111,14 @@ pub async fn serve(config: Config) -> Result<()> {
         )
     })?;
 
-    let store = builder_store::open(
+    let store = builder_store::open_with_settings(
         config.database_url.as_deref(),
         &config.data_dir,
         config.migrate,
+        builder_store::StoreSettings {
+            acquire_timeout: config.database_acquire_timeout,
+            ..Default::default()
+        },
     )
     .await
     .context("opening the store (DATABASE_URL / BUILDER_DATA_DIR)")?;
@@ -175,6 +189,8 @@ pub async fn serve(config: Config) -> Result<()> {
     let replay = std::env::var("BUILDER_LLM_REPLAY")
         .ok()
         .filter(|v| !v.trim().is_empty());
+    // `/ready` asks the sidecar too, when there is one.
+    let mut ready_checks: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
     let llm = if let Some(path) = replay {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("BUILDER_LLM_REPLAY={path}: cannot read it"))?;
@@ -214,8 +230,10 @@ pub async fn serve(config: Config) -> Result<()> {
                     priced_models = !llm_config.prices.is_empty(),
                     "LLM ready (BAML sidecar, metered)"
                 );
+                let sidecar = Arc::new(sidecar);
+                ready_checks.push(Arc::new(SidecarReady(sidecar.clone())));
                 Llm::Ready {
-                    sidecar: Arc::new(sidecar),
+                    sidecar,
                     config: Arc::new(llm_config),
                 }
             }
@@ -293,6 +311,7 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let bus =
         EmbeddedBus::start(config.partition_count, handler).context("EVENT_BUS_PARTITION_COUNT")?;
+    ready_checks.push(Arc::new(BusReady(bus.clone())));
 
     // Nothing is lost when a process dies: every unfinished feature is picked up again.
     let pending = store
@@ -306,15 +325,32 @@ pub async fn serve(config: Config) -> Result<()> {
     if !pending.is_empty() {
         tracing::info!(count = pending.len(), "resumed unfinished features");
     }
+    tokio::spawn(resume_after_outages(store.clone(), bus.clone()));
 
+    // A repository URL into builder's own state would let features push into its mirrors,
+    // read its keys or write other features' working copies.
+    let protected_roots = vec![
+        config.data_dir.clone(),
+        config.workspace_base.clone(),
+        config.data_dir.join("mirrors"),
+        config.data_dir.join("cache"),
+        config.data_dir.join("keys"),
+    ];
+    if let Some(allow) = &config.repository_url_allow {
+        tracing::info!(
+            ?allow,
+            "repository URLs restricted by BUILDER_REPOSITORY_URL_ALLOW"
+        );
+    }
     let backend: Arc<dyn Backend> = Arc::new(ServeBackend {
         store,
         bus,
         worker,
         git,
+        url_policy: UrlPolicy::new(protected_roots, config.repository_url_allow.clone()),
         max_repair_iterations: config.max_repair_iterations,
     });
-    let app = builder_api::router(backend);
+    let app = builder_api::router_with_checks(backend, ready_checks);
     let host = std::env::var("SERVICE_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let listener = tokio::net::TcpListener::bind((host.as_str(), config.service_port))
         .await
@@ -325,7 +361,10 @@ pub async fn serve(config: Config) -> Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "builder is serving Connect, gRPC and gRPC-Web; GET /health for readiness");
+    tracing::info!(
+        %addr,
+        "builder is serving Connect, gRPC and gRPC-Web; GET /health for liveness, GET /ready for readiness"
+    );
     println!("builder listening on http://{addr}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -333,6 +372,92 @@ pub async fn serve(config: Config) -> Result<()> {
         .context("serving")?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// How often the store is pinged to notice the end of an outage.
+const OUTAGE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A run that cannot read or write the store during an outage ends with its feature
+/// unfinished, and nothing would pick it up again before the next start. Once the store
+/// answers after failing, every unfinished feature goes to the bus again, as at start-up
+/// (the bus carries work, not truth: a feature that was fine just runs `next_step`). The
+/// pings also probe the store's open circuit when no request or `/ready` probe does.
+async fn resume_after_outages(store: Arc<dyn Store>, bus: Arc<EmbeddedBus>) {
+    let mut tick = tokio::time::interval(OUTAGE_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut outage = false;
+    loop {
+        tick.tick().await;
+        match store.ping().await {
+            Err(_) => outage = true,
+            Ok(()) if outage => {
+                let Ok(pending) = store.non_terminal_features().await else {
+                    continue;
+                };
+                for id in &pending {
+                    if bus.publish(*id).is_err() {
+                        return;
+                    }
+                }
+                tracing::info!(
+                    count = pending.len(),
+                    "the store answers again: resumed unfinished features"
+                );
+                outage = false;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// `/ready`: the embedded bus still has its consumers.
+struct BusReady(Arc<EmbeddedBus>);
+
+impl ReadinessCheck for BusReady {
+    fn name(&self) -> &'static str {
+        "bus"
+    }
+
+    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+        let running = self.0.is_running();
+        async move {
+            if running {
+                Ok(())
+            } else {
+                Err("the embedded work bus has stopped consuming; restart builder".to_string())
+            }
+        }
+        .boxed()
+    }
+}
+
+/// `/ready`: the BAML sidecar is up and accepts connections. While it restarts, features
+/// wait for it rather than fail, but new work would only queue.
+struct SidecarReady(Arc<builder_llm::Sidecar>);
+
+impl ReadinessCheck for SidecarReady {
+    fn name(&self) -> &'static str {
+        "baml sidecar"
+    }
+
+    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+        let url = self.0.url();
+        async move {
+            let url = url.ok_or_else(|| "not running (starting or restarting)".to_string())?;
+            let authority = url
+                .split_once("://")
+                .map_or(url.as_str(), |(_, rest)| rest)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            tokio::net::TcpStream::connect(&authority)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{authority} does not accept connections: {e}"))
+        }
+        .boxed()
+    }
 }
 
 /// Running from a checkout (`cargo run`): the repository's own `baml_src/`.

@@ -7,7 +7,9 @@
 //! branch in the remote, and ends with the same credential scan: no test credential (nor its
 //! base64 forms) in the server's log, any event, any file of the data directory (artifacts,
 //! mirrors, kept working copies, caches, the git private dir), nor anything the remotes,
-//! the forge and the LLM were sent besides the auth itself.
+//! the forge and the LLM were sent besides the auth itself. The https test first tries to
+//! register its token inside the URL in every credential-bearing form, so the scan proves
+//! those refused registrations left it nowhere either.
 
 mod common;
 
@@ -275,6 +277,43 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// Every way of putting `secret` into the repository URL itself instead of the credential
+/// field (`url` is the real `https://host:port/path`): refused as invalid_argument on `url`,
+/// pointing at the `credential` field and never echoing it. The default branch is given, so
+/// an accepted one would not be probed. The caller's credential scan then proves `secret`
+/// went nowhere.
+fn refuse_urls_carrying(builder: &Server, url: &str, secret: &str) {
+    let rest = url.strip_prefix("https://").expect("an https URL");
+    let (authority, path) = rest.split_once('/').expect("host/path");
+    let host = authority.split(':').next().expect("host");
+    for bad in [
+        format!("https://x-access-token:{secret}@{rest}"),
+        format!("https://{secret}@{rest}"),
+        format!("x-access-token:{secret}@{host}:{path}"),
+        format!("https:/x-access-token:{secret}@{rest}"),
+        format!("https:x-access-token:{secret}@{rest}"),
+        format!("{url}?private_token={secret}"),
+        format!("{url}#{secret}"),
+        format!("https://x-access-token%3A{secret}@{rest}"),
+        format!("ssh://git:{secret}@{host}/{path}"),
+        format!("ssh://git%3A{secret}@{host}/{path}"),
+    ] {
+        let (code, body) = call(
+            builder,
+            "builder.repository.v1.RepositoryService/Register",
+            json!({"name": unique("in-url"), "url": bad, "defaultBranch": "main"}),
+        );
+        assert_eq!(
+            (code, body["code"].as_str()),
+            (400, Some("invalid_argument")),
+            "a URL form carrying the secret was not refused: {body}"
+        );
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("url"), "{message}");
+        assert!(!body.to_string().contains(secret), "the answer echoes it");
+    }
+}
+
 // ---------------------------------------------------------------- transports
 
 /// Smart HTTP over TLS with a TOKEN credential: the git server's certificate comes from a CA
@@ -295,6 +334,8 @@ async fn delivers_over_https_with_a_token_and_a_private_ca() {
         &llm,
         &[("BUILDER_EXTRA_CA_FILE", ca_file.display().to_string())],
     );
+    // The token pasted into the URL instead: refused; the scan below covers it too.
+    refuse_urls_carrying(&builder, &git.url("app.git"), &token);
     let repo = register(
         &builder,
         json!({"name": "https-app", "url": git.url("app.git"),

@@ -6,6 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod url;
+
+pub use url::{
+    FORGE_API_BASE_PROPERTY, RemoteScheme, URL_ALLOW_VARIABLE, UrlAllowList, UrlPolicy, UrlTarget,
+    credential_travels_in_clear, is_loopback_host, url_target, validate_forge_api_base,
+    validate_repository_url,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Provider {
@@ -97,43 +105,6 @@ pub struct Repository {
     pub last_accessed_at: Option<DateTime<Utc>>,
 }
 
-/// Rejects URLs that carry credentials: they would end up in `.git/config`, logs and events.
-pub fn validate_repository_url(url: &str) -> Result<(), &'static str> {
-    let url = url.trim();
-    if url.is_empty() {
-        return Err("must not be empty");
-    }
-    if url.len() > 2048 {
-        return Err("must be at most 2048 characters");
-    }
-    if url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("must not contain spaces or control characters");
-    }
-    if url.starts_with('-') {
-        return Err("must not start with '-'");
-    }
-    if url.contains("::") {
-        return Err("must not use a git remote helper (`transport::address`)");
-    }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if !matches!(scheme, "http" | "https" | "ssh" | "git" | "file") {
-            return Err("scheme must be http, https, ssh, git or file");
-        }
-        let authority = rest.split('/').next().unwrap_or("");
-        if scheme != "ssh" && authority.contains('@') {
-            return Err("must not embed credentials; pass them as the credential instead");
-        }
-        if scheme == "ssh" && authority.split('@').next().unwrap_or("").contains(':') {
-            return Err("must not embed a password; pass an ssh key as the credential instead");
-        }
-    } else if !url.starts_with('/') && !url.contains(':') {
-        return Err(
-            "must be a URL (https://, ssh://, file://), scp-like user@host:path or an absolute path",
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,21 +138,5 @@ mod tests {
         );
         assert_eq!(Provider::detect("file:///srv/git/x.git"), Provider::Generic);
         assert_eq!(Provider::detect("http://127.0.0.1:9/x"), Provider::Generic);
-    }
-
-    #[test]
-    fn url_validation_refuses_embedded_credentials() {
-        assert!(validate_repository_url("https://user:pw@host/x.git").is_err());
-        assert!(validate_repository_url("https://token@host/x.git").is_err());
-        assert!(validate_repository_url("ssh://git:pw@host/x.git").is_err());
-        assert!(validate_repository_url("ssh://git@host/x.git").is_ok());
-        assert!(validate_repository_url("git@host:x.git").is_ok());
-        assert!(validate_repository_url("/srv/x.git").is_ok());
-        assert!(validate_repository_url("file:///srv/x.git").is_ok());
-        assert!(validate_repository_url("ext::sh -c evil").is_err());
-        assert!(validate_repository_url("ext::sh").is_err());
-        assert!(validate_repository_url("-uevil").is_err());
-        assert!(validate_repository_url("").is_err());
-        assert!(validate_repository_url("relative/path").is_err());
     }
 }

@@ -206,23 +206,50 @@ impl FeatureSpec {
     }
 }
 
-/// The subset of `git check-ref-format` rules that matter for names we create or accept.
+/// Whether `name` may be a feature, target or default branch: what `git check-ref-format
+/// --branch` accepts, minus names that git takes but that break later — they resolve to
+/// something else (`@` is HEAD to git's revision parser) or get prefixed again on push
+/// (`refs/heads/main` would become `refs/heads/refs/heads/main`).
 pub fn is_valid_branch_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('-')
-        && !name.starts_with('/')
-        && !name.ends_with('/')
-        && !name.ends_with('.')
-        && !name.ends_with(".lock")
-        && !name.contains("..")
-        && !name.contains("//")
-        && !name.contains("@{")
-        && name != "@"
-        && !name.split('/').any(|c| c.starts_with('.'))
-        && !name
-            .chars()
-            .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+    git_accepts_branch_name(name) && branch_name_refusal(name).is_none()
+}
+
+/// Why builder refuses a name that git itself accepts as a branch, if it does.
+fn branch_name_refusal(name: &str) -> Option<&'static str> {
+    const AMBIGUOUS_PREFIXES: [&str; 3] = ["refs/", "heads/", "remotes/"];
+    if name.len() > 200 {
+        Some("longer than 200 bytes")
+    } else if name == "@" {
+        Some("`@` means HEAD to git")
+    } else if AMBIGUOUS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        Some("starts with refs/, heads/ or remotes/: give the short branch name")
+    } else if name.chars().any(char::is_control) {
+        // git takes non-ASCII control characters; logs, events and forge UIs do not show them.
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
+/// `git check-ref-format --branch` exactly, outside a repository (where `@{-N}` cannot be
+/// expanded): `refs/heads/<name>` must be a valid ref name, and the name is neither `HEAD`
+/// nor starting with `-`.
+fn git_accepts_branch_name(name: &str) -> bool {
+    if name.is_empty() || name.starts_with('-') || name == "HEAD" {
+        return false;
+    }
+    if name.ends_with('.') || name.contains("@{") || name.contains("..") {
+        return false;
+    }
+    let forbidden = |c: char| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    };
+    if name.chars().any(forbidden) {
+        return false;
+    }
+    // Splitting also yields the empty components of a leading, trailing or doubled '/'.
+    name.split('/')
+        .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"))
 }
 
 #[cfg(test)]
@@ -340,7 +367,14 @@ mod tests {
 
     #[test]
     fn branch_names() {
-        for ok in ["main", "builder/add-x-1234", "release/1.0"] {
+        for ok in [
+            "main",
+            "builder/add-x-1234",
+            "release/1.0",
+            "a@b",
+            "x/HEAD",
+            "é",
+        ] {
             assert!(is_valid_branch_name(ok), "{ok}");
         }
         for bad in [
@@ -356,8 +390,160 @@ mod tests {
             "a@{b",
             "/a",
             "a/",
+            "HEAD",
+            "refs/heads/main",
+            "heads/main",
+            "remotes/origin/main",
+            "a.lock/b",
+            "a/b.",
+            "a\\b",
+            "a\0b",
+            "x\u{85}y",
+            &"x".repeat(201),
         ] {
-            assert!(!is_valid_branch_name(bad), "{bad}");
+            assert!(!is_valid_branch_name(bad), "{bad:?}");
+        }
+    }
+
+    /// `git check-ref-format --branch NAME` outside any repository.
+    fn git_accepts(name: &str) -> bool {
+        std::process::Command::new("git")
+            .args(["check-ref-format", "--branch", name])
+            .env("GIT_DIR", "/nonexistent/builder-branch-name-test")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("running git check-ref-format")
+            .status
+            .success()
+    }
+
+    /// Every refusal builder adds on top of git's rules is one it documents.
+    fn agrees_with_git(name: &str) -> Result<(), String> {
+        let git = git_accepts(name);
+        let ours = git_accepts_branch_name(name);
+        if ours != git {
+            return Err(format!(
+                "{name:?}: git says {git}, the git rules here say {ours}"
+            ));
+        }
+        if is_valid_branch_name(name) != (git && branch_name_refusal(name).is_none()) {
+            return Err(format!("{name:?}: accepted against git's rules"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn branch_names_agree_with_git_check_ref_format() {
+        for name in [
+            "main",
+            "HEAD",
+            "head",
+            "-x",
+            "refs/heads/main",
+            "heads/x",
+            "remotes/x",
+            "a.lock",
+            "a/b.lock/c",
+            "a.lock.b",
+            ".lock",
+            "a/.lock",
+            "a/.b",
+            "a.",
+            "@",
+            "@x",
+            "x@",
+            "a/@/b",
+            "a@b",
+            "@{-1}",
+            "a@{x",
+            "x/",
+            "/x",
+            "a//b",
+            "é",
+            "a\u{7f}b",
+            "a\tb",
+            "x\u{85}y",
+            "a..b",
+            "a/./b",
+            ".",
+            "..x",
+            "HEAD/x",
+            "x/HEAD",
+            "FETCH_HEAD",
+            "a\\b",
+            "a b",
+            "a~b",
+            "a^b",
+            "a:b",
+            "a?b",
+            "a*b",
+            "a[b",
+            "a]b",
+            "a{b",
+            "a}b",
+            "a'b",
+            "a\"b",
+            "a<b>",
+            "a|b",
+            "a!b",
+            "a#b",
+            "a$b",
+            "a%b",
+            "a&b",
+            "a=b",
+            "a,b",
+            "a;b",
+            "--",
+            "-",
+            "refs",
+            "heads",
+        ] {
+            agrees_with_git(name).unwrap();
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        /// Names built from the pieces git's rules are about, so most cases sit near a rule.
+        fn tricky_name() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "a", "main", "x1", "/", ".", "..", "-", "@", "{", "}", "@{", "lock", ".lock",
+                "HEAD", "refs/", "heads/", "~", "^", ":", "?", "*", "[", "\\", " ", "\t", "\u{7f}",
+                "é", "_", "\u{85}",
+            ]);
+            prop::collection::vec(piece, 0..7).prop_map(|p| p.concat())
+        }
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                rng_seed: RngSeed::Fixed(0x0062_7569_6c64_6572),
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn never_panics(name in any::<String>()) {
+                let _ = is_valid_branch_name(&name);
+            }
+
+            #[test]
+            fn agrees_with_git_on_tricky_names(name in tricky_name()) {
+                prop_assert!(agrees_with_git(&name).is_ok(), "{:?}", agrees_with_git(&name));
+            }
+
+            #[test]
+            fn agrees_with_git_on_printable_names(name in "[a-zA-Z0-9./@{}~^:?*\\[\\\\ _-]{0,12}") {
+                prop_assert!(agrees_with_git(&name).is_ok(), "{:?}", agrees_with_git(&name));
+            }
         }
     }
 }

@@ -164,6 +164,51 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_never_sent_over_plain_http_off_this_machine() {
+        let token = "glpat-secret-token";
+        for kind in [
+            ForgeKind::Github,
+            ForgeKind::Gitlab,
+            ForgeKind::Bitbucket,
+            ForgeKind::Gitea,
+        ] {
+            let err = forge_for(
+                kind,
+                "https://git.example/acme/widget.git",
+                Some("http://attacker.example/api"),
+                token,
+            )
+            .err()
+            .expect("refused");
+            assert!(
+                matches!(err, ForgeError::InvalidInput(_)),
+                "{kind:?}: {err}"
+            );
+            assert!(err.to_string().contains("https://"), "{err}");
+            assert!(!err.to_string().contains(token));
+            assert!(
+                forge_for(
+                    kind,
+                    "https://git.example/acme/widget.git",
+                    Some("http://127.0.0.1:9/api"),
+                    token,
+                )
+                .is_ok(),
+                "{kind:?}: loopback stays usable for local forges and tests"
+            );
+        }
+        let err = forge_for(
+            ForgeKind::AzureDevops,
+            "https://dev.azure.com/org/proj/_git/repo",
+            Some("http://attacker.example/org"),
+            token,
+        )
+        .err()
+        .expect("refused");
+        assert!(matches!(err, ForgeError::InvalidInput(_)), "{err}");
+    }
+
+    #[test]
     fn gitlab_accepts_subgroups_and_defaults_the_api_to_the_host() {
         let f = forge_for(
             ForgeKind::Gitlab,

@@ -84,6 +84,8 @@ pub(crate) fn owner_and_name(loc: &RepoLocation) -> Result<(String, String), For
 }
 
 /// Checks an API root: http(s), no credentials, no query; returns it without a trailing `/`.
+/// The token goes there as a bearer header, so plain `http://` is refused unless the host is
+/// this machine (localhost, 127.0.0.0/8, [::1]).
 pub(crate) fn check_api_base(base: &str) -> Result<String, ForgeError> {
     let base = base.trim().trim_end_matches('/');
     let Some((scheme, rest)) = base.split_once("://") else {
@@ -93,13 +95,33 @@ pub(crate) fn check_api_base(base: &str) -> Result<String, ForgeError> {
         return Err(invalid("API base must be an http(s) URL"));
     }
     let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || authority.contains(['@', '%', '\\']) {
         return Err(invalid("API base must have a host and no credentials"));
     }
     if rest.contains(['?', '#']) {
         return Err(invalid("API base must not have a query or fragment"));
     }
+    if scheme == "http" && !is_loopback_authority(authority) {
+        return Err(invalid(
+            "API base must be https:// (the token would travel unencrypted); plain http:// is only allowed to localhost, 127.0.0.0/8 or [::1]",
+        ));
+    }
     Ok(base.to_owned())
+}
+
+/// `host[:port]` whose host is `localhost`, in 127.0.0.0/8 or `[::1]`.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, port)) if port.is_empty() || port.starts_with(':') => addr,
+            _ => return false,
+        },
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `scheme://authority` of an absolute URL.
@@ -205,9 +227,38 @@ mod tests {
             "http://127.0.0.1:9/api/v4"
         );
         assert!(check_api_base("https://u:p@host/api").is_err());
+        assert!(check_api_base("https://api.github.com").is_ok());
         assert!(check_branch("head", "builder/feature-1").is_ok());
         for bad in ["", "-x", "a..b", "a b", "a:b", "x.lock", "a/"] {
             assert!(check_branch("head", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_http_api_bases_only_on_this_machine() {
+        for ok in [
+            "http://127.0.0.1:9/api/v4",
+            "http://127.9.9.9/api",
+            "http://localhost:3000",
+            "http://LOCALHOST/api/v1",
+            "http://[::1]:8080/api",
+            "https://gitlab.example/api/v4",
+        ] {
+            assert!(check_api_base(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://attacker.example/api",
+            "http://10.0.0.1:8080/api",
+            "http://127.0.0.1.attacker.example/api",
+            "http://localhost.attacker.example/api",
+            "http://[::ffff:127.0.0.1]/api",
+            "http://[::1]x/api",
+            "http://0.0.0.0/api",
+        ] {
+            let err = check_api_base(bad).unwrap_err();
+            assert!(matches!(err, ForgeError::InvalidInput(_)), "{bad}");
+        }
+        let err = check_api_base("http://attacker.example/api").unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Credentials for remotes, and redaction of their secrets from any text.
 
-use crate::url::strip_userinfo;
+use crate::GitError;
+use crate::url::{is_plain_http_off_loopback, redact_url, strip_userinfo};
 use base64::Engine;
 use std::fmt;
 
@@ -99,6 +100,19 @@ impl GitCredential {
     }
 }
 
+/// Refuses to hand a password or token to git for a plain `http://` remote off this
+/// machine: git would send it unencrypted. The API refuses such a registration already;
+/// this holds for every caller and for repositories stored before that check existed.
+pub(crate) fn check_sent_encrypted(url: &str, cred: &GitCredential) -> Result<(), GitError> {
+    if cred.http_pair().is_some() && is_plain_http_off_loopback(url) {
+        return Err(GitError::InvalidInput(format!(
+            "refusing to send a credential unencrypted to {}: use https:// (plain http:// only to localhost, 127.0.0.0/8 or [::1])",
+            redact_url(url)
+        )));
+    }
+    Ok(())
+}
+
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -168,6 +182,32 @@ mod tests {
             "{out}"
         );
         assert_eq!(redact("nothing", &[]), "nothing");
+    }
+
+    #[test]
+    fn passwords_and_tokens_only_go_encrypted_or_to_this_machine() {
+        let token = GitCredential::Token {
+            token: "tok-SECRET".into(),
+            username: None,
+        };
+        let basic = GitCredential::Basic {
+            username: "al".into(),
+            password: "pw-SECRET".into(),
+        };
+        for cred in [&token, &basic] {
+            let err = check_sent_encrypted("http://git.example/r.git", cred).unwrap_err();
+            assert!(matches!(err, GitError::InvalidInput(_)), "{err:?}");
+            assert!(err.to_string().contains("https://"), "{err}");
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+            assert!(check_sent_encrypted("https://git.example/r.git", cred).is_ok());
+            assert!(check_sent_encrypted("http://127.0.0.1:9/r.git", cred).is_ok());
+        }
+        let key = GitCredential::SshKey {
+            private_key: "k".into(),
+        };
+        for cred in [&GitCredential::None, &key] {
+            assert!(check_sent_encrypted("http://git.example/r.git", cred).is_ok());
+        }
     }
 
     #[test]

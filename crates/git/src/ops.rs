@@ -323,6 +323,7 @@ impl Git {
         match (cred, kind) {
             (GitCredential::None, _) | (_, UrlKind::Local) => {}
             (GitCredential::Token { .. } | GitCredential::Basic { .. }, UrlKind::Http) => {
+                crate::credential::check_sent_encrypted(url, cred)?;
                 let Some((user, secret)) = cred.http_pair() else {
                     return mismatch("this");
                 };

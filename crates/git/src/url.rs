@@ -60,6 +60,30 @@ pub(crate) fn classify_url(url: &str) -> Result<UrlKind, GitError> {
     }
 }
 
+/// Whether `url` is plain `http://` to a host that is not this machine (localhost,
+/// 127.0.0.0/8, [::1]): anything git sends there, auth included, crosses the network
+/// unencrypted.
+pub(crate) fn is_plain_http_off_loopback(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, port)) if port.is_empty() || port.starts_with(':') => addr,
+            _ => return true,
+        },
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 /// `url` without any `user:password@` userinfo, safe to log or show.
 pub fn redact_url(url: &str) -> String {
     strip_userinfo(url)
@@ -132,6 +156,32 @@ mod tests {
             if url.contains("://") && !url.contains('\n') {
                 assert!(!err.to_string().contains("hunter2"), "{err}");
             }
+        }
+    }
+
+    #[test]
+    fn plain_http_is_in_clear_unless_it_stays_on_this_machine() {
+        for url in [
+            "http://git.example/r.git",
+            "HTTP://git.example/r.git",
+            "http://10.0.0.1:8080/r.git",
+            "http://127.0.0.1.evil.example/r.git",
+            "http://[::ffff:127.0.0.1]/r.git",
+            "http://[::1]x/r.git",
+        ] {
+            assert!(is_plain_http_off_loopback(url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:8080/r.git",
+            "http://127.3.2.1/r.git",
+            "http://localhost/r.git",
+            "http://[::1]:9/r.git",
+            "https://git.example/r.git",
+            "ssh://git@git.example/r.git",
+            "git@git.example:r.git",
+            "/srv/r.git",
+        ] {
+            assert!(!is_plain_http_off_loopback(url), "{url}");
         }
     }
 

@@ -1,17 +1,16 @@
 //! Rules both backends share, so SQLite and PostgreSQL cannot drift apart on them.
 
-use crate::StoreError;
+use crate::{RepositoryQuery, StoreError};
 use builder_core::{
     EventEnvelope, Feature, FeatureId, Provider, Repository, RepositoryId, RepositoryState,
 };
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use sqlx::{Database, QueryBuilder};
 use std::sync::Arc;
 use tokio::sync::watch;
 
 pub(crate) const READ_ALL_DEFAULT: u32 = 1000;
 pub(crate) const READ_ALL_MAX: u32 = 10_000;
-pub(crate) const REPO_DEFAULT_LIMIT: u32 = 50;
-pub(crate) const REPO_MAX_LIMIT: u32 = 500;
 pub(crate) const TERMINAL_STATES: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
 pub(crate) fn clamp_limit(limit: u32, default: u32, max: u32) -> i64 {
@@ -230,6 +229,83 @@ impl RepositoryRow {
     }
 }
 
+/// Every state but DELETED: what a repository listing shows unless told otherwise.
+const LISTED_BY_DEFAULT: [RepositoryState; 2] =
+    [RepositoryState::Active, RepositoryState::Inactive];
+
+/// The WHERE, ORDER BY and LIMIT of a repository listing, for both backends. Only the SQL
+/// spelling differs, and the caller gives it: the substring function (`instr` on SQLite,
+/// `strpos` on PostgreSQL, both `(haystack, needle)` and 1-based) and how to order names
+/// byte-wise. The state filter is in the query, never applied to a page afterwards, so
+/// pages are full and DELETED rows can be asked for.
+pub(crate) fn push_repository_filters<DB>(
+    qb: &mut QueryBuilder<DB>,
+    q: &RepositoryQuery,
+    substring_fn: &str,
+    name_order: &str,
+) where
+    DB: Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let states: &[RepositoryState] = if q.states.is_empty() {
+        &LISTED_BY_DEFAULT
+    } else {
+        &q.states
+    };
+    qb.push(" WHERE state IN (");
+    let mut list = qb.separated(", ");
+    for s in states {
+        list.push_bind(repo_state_str(*s).to_string());
+    }
+    qb.push(")");
+    if let Some(text) = lower_query(q.query.as_deref()) {
+        qb.push(" AND ")
+            .push(substring_fn)
+            .push("(search_text, ")
+            .push_bind(text)
+            .push(") > 0");
+    }
+    qb.push(" ORDER BY ")
+        .push(name_order)
+        .push(", id LIMIT ")
+        .push_bind(clamp_limit(
+            q.limit,
+            RepositoryQuery::DEFAULT_LIMIT,
+            RepositoryQuery::MAX_LIMIT,
+        ))
+        .push(" OFFSET ")
+        .push_bind(i64::from(q.offset));
+}
+
+/// Whether a database error means "could not reach the database" rather than "the database
+/// refused this": the first is an outage, answered as unavailable and counted by the
+/// circuit breaker; the second is a bug or a bad request.
+pub(crate) fn is_connection_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        // A connection cut mid-message shows up as garbage as often as as an I/O error.
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| unreachable_code(&c)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATEs of a server that is going away or refusing connections, and
+/// SQLite's "busy" result codes (another process held the lock past the busy timeout:
+/// SQLITE_BUSY and its extended codes RECOVERY, SNAPSHOT and TIMEOUT).
+fn unreachable_code(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "5" | "261" | "517" | "773"
+        )
+}
+
 /// Associated data binding a sealed credential to its repository.
 pub(crate) fn credential_context(id: RepositoryId) -> Vec<u8> {
     format!("builder/repository-credential/{id}").into_bytes()
@@ -344,6 +420,25 @@ mod tests {
         assert_eq!(clamp_limit(0, 50, 500), 50);
         assert_eq!(clamp_limit(7, 50, 500), 7);
         assert_eq!(clamp_limit(9999, 50, 500), 500);
+    }
+
+    #[test]
+    fn connection_failures_are_told_from_refusals() {
+        assert!(is_connection_failure(&sqlx::Error::PoolTimedOut));
+        assert!(is_connection_failure(&sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+        )));
+        assert!(!is_connection_failure(&sqlx::Error::RowNotFound));
+        assert!(!is_connection_failure(&sqlx::Error::ColumnNotFound(
+            "x".into()
+        )));
+        assert!(unreachable_code("08006"));
+        assert!(unreachable_code("57P01"));
+        assert!(unreachable_code("5"));
+        assert!(unreachable_code("517"), "SQLITE_BUSY_SNAPSHOT");
+        assert!(!unreachable_code("23505"), "unique violation");
+        assert!(!unreachable_code("2067"), "SQLITE_CONSTRAINT_UNIQUE");
+        assert!(!unreachable_code("42P01"), "undefined table");
     }
 
     #[test]

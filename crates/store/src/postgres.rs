@@ -11,7 +11,7 @@ use crate::common::{
     clamp_limit, micros,
 };
 use crate::secret::{CredentialCipher, SealedCredential, SecretBytes};
-use crate::{EventStore, FeatureQuery, RepositoryStore, StoreError};
+use crate::{EventStore, FeatureQuery, RepositoryQuery, RepositoryStore, StoreError};
 use async_trait::async_trait;
 use builder_core::{EventEnvelope, Feature, FeatureId, Repository, RepositoryId};
 use chrono::{DateTime, Duration, SubsecRound, Timelike, Utc};
@@ -54,12 +54,23 @@ impl PgStore {
     /// Connects to `url` and starts listening for other processes' appends. Needs a tokio
     /// runtime.
     pub async fn connect(url: &str, cipher: CredentialCipher) -> Result<Self, StoreError> {
+        Self::connect_with(url, cipher, crate::StoreSettings::DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect) with a bound on how long a request waits for a connection:
+    /// with the server gone, every request would otherwise wait out sqlx's 30 s default.
+    pub async fn connect_with(
+        url: &str,
+        cipher: CredentialCipher,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Config {
             variable: "DATABASE_URL",
             reason: format!("not a valid PostgreSQL URL: {e}"),
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         let head = max_position(&pool).await.unwrap_or(0);
@@ -415,6 +426,11 @@ impl EventStore for PgStore {
         .await?;
         Ok(ids.into_iter().map(FeatureId).collect())
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -467,28 +483,10 @@ impl RepositoryStore for PgStore {
         row.as_ref().map(repository_row).transpose()
     }
 
-    async fn list_repositories(
-        &self,
-        query: Option<&str>,
-        limit: u32,
-        offset: u32,
-    ) -> Result<Vec<Repository>, StoreError> {
+    async fn list_repositories(&self, q: &RepositoryQuery) -> Result<Vec<Repository>, StoreError> {
         let mut qb = QueryBuilder::<Postgres>::new(REPOSITORY_COLUMNS);
-        qb.push(" WHERE state <> 'DELETED'");
-        if let Some(text) = common::lower_query(query) {
-            qb.push(" AND strpos(search_text, ")
-                .push_bind(text)
-                .push(") > 0");
-        }
         // COLLATE "C" so names order byte-wise, as SQLite does.
-        qb.push(" ORDER BY name COLLATE \"C\", id LIMIT ")
-            .push_bind(clamp_limit(
-                limit,
-                common::REPO_DEFAULT_LIMIT,
-                common::REPO_MAX_LIMIT,
-            ))
-            .push(" OFFSET ")
-            .push_bind(i64::from(offset));
+        common::push_repository_filters(&mut qb, q, "strpos", "name COLLATE \"C\"");
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(repository_row).collect()
     }
@@ -606,5 +604,19 @@ impl RepositoryStore for PgStore {
         };
         let secret = self.cipher.open(&common::credential_context(id), &sealed)?;
         Ok(Some((row.try_get("credential_type")?, secret)))
+    }
+
+    async fn clear_credential(&self, id: RepositoryId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE repositories SET credential_type = NULL WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM repository_credentials WHERE repository_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
     }
 }

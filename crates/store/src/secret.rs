@@ -7,6 +7,7 @@
 //! repository does not decrypt.
 
 use crate::StoreError;
+use crate::private_fs::{self, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 use aes_gcm::aead::{Aead, Generate, Nonce, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use base64::Engine;
@@ -365,6 +366,7 @@ fn existing_key_files(keys_dir: &Path) -> Result<Vec<(String, Kek)>, StoreError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(keys_dir)(e)),
     };
+    private_fs::tighten(keys_dir, PRIVATE_DIR_MODE)?;
     let mut keys = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_err(keys_dir))?.path();
@@ -376,6 +378,7 @@ fn existing_key_files(keys_dir: &Path) -> Result<Vec<(String, Kek)>, StoreError>
             continue;
         };
         if validate_key_id(id).is_ok() {
+            private_fs::tighten(&path, PRIVATE_FILE_MODE)?;
             keys.push((id.to_string(), read_key_file(&path)?));
         }
     }
@@ -388,10 +391,16 @@ fn load_or_create_key_file(
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
     let path = key_path(keys_dir, id);
     if path.exists() {
-        warn_if_readable_by_others(&path);
+        private_fs::tighten(keys_dir, PRIVATE_DIR_MODE)?;
+        private_fs::tighten(&path, PRIVATE_FILE_MODE)?;
         return read_key_file(&path);
     }
-    create_private_dir(keys_dir)?;
+    // The data directory too, if the key is the first thing in it: it is where the
+    // database and artifacts go next.
+    if let Some(data_dir) = keys_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        private_fs::create_private_dir_if_missing(data_dir)?;
+    }
+    private_fs::ensure_private_dir(keys_dir)?;
     let key: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(random()?);
     let encoded = Zeroizing::new(BASE64.encode(&key[..]));
     // Written to a temporary name and renamed, so a crash never leaves a truncated key that
@@ -399,7 +408,7 @@ fn load_or_create_key_file(
     let tmp = keys_dir.join(format!(".{id}.key.tmp"));
     let _ = std::fs::remove_file(&tmp);
     {
-        let mut file = private_file(&tmp)?;
+        let mut file = private_fs::new_private_file(&tmp)?;
         file.write_all(encoded.as_bytes()).map_err(io_err(&tmp))?;
         file.write_all(b"\n").map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
@@ -408,54 +417,6 @@ fn load_or_create_key_file(
     tracing::info!(path = %path.display(), key_id = id, "generated a key-encryption key for credentials");
     Ok(key)
 }
-
-#[cfg(unix)]
-fn private_file(path: &Path) -> Result<std::fs::File, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))
-}
-
-#[cfg(not(unix))]
-fn private_file(path: &Path) -> Result<std::fs::File, StoreError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err(path))
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))
-}
-
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "key file is accessible by other users; chmod 600 it");
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -573,5 +534,29 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         let e = CredentialCipher::from_lookup(|_| None, dir.path()).unwrap_err();
         assert!(e.to_string().contains("local-1.key"), "{e}");
+    }
+
+    /// A key file (or keys directory) an older version left readable by others is made
+    /// owner-only at the next start, not merely warned about.
+    #[cfg(unix)]
+    #[test]
+    fn loose_key_files_are_tightened_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        CredentialCipher::from_lookup(|_| None, dir.path()).unwrap();
+        let keys = dir.path().join("keys");
+        let old = keys.join("old-1.key");
+        std::fs::write(&old, BASE64.encode([7u8; KEY_LEN])).unwrap();
+        let loosen = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        loosen(&keys, 0o755);
+        loosen(&keys.join("local-1.key"), 0o644);
+        loosen(&old, 0o644);
+        CredentialCipher::from_lookup(|_| None, dir.path()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keys), 0o700);
+        assert_eq!(mode(&keys.join("local-1.key")), 0o600);
+        assert_eq!(mode(&old), 0o600, "keys kept for decryption too");
     }
 }

@@ -7,8 +7,9 @@ use crate::common::{
     self, EventRow, Notifier, ProjectionRow, RepositoryRow, TERMINAL_STATES, check_append,
     clamp_limit, json, micros, parse_feature, parse_json, parse_ts, parse_uuid, ts_text,
 };
+use crate::private_fs::{self, PRIVATE_FILE_MODE};
 use crate::secret::{CredentialCipher, SealedCredential, SecretBytes};
-use crate::{EventStore, FeatureQuery, RepositoryStore, StoreError};
+use crate::{EventStore, FeatureQuery, RepositoryQuery, RepositoryStore, StoreError};
 use async_trait::async_trait;
 use builder_core::{EventEnvelope, Feature, FeatureId, Repository, RepositoryId};
 use chrono::Utc;
@@ -43,14 +44,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`. A directory it has to create
+    /// for it is private; the file, its -wal and -shm are readable by their owner only.
     pub async fn open(path: &Path, cipher: CredentialCipher) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
         Self::with_options(SqliteConnectOptions::new().filename(path), cipher).await
     }
 
@@ -68,16 +64,6 @@ impl SqliteStore {
             variable: "DATABASE_URL",
             reason: format!("not a valid SQLite URL: {e}"),
         })?;
-        if let Some(parent) = options
-            .get_filename()
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
         Self::with_options(options, cipher).await
     }
 
@@ -94,6 +80,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename().to_path_buf();
+        prepare_private_file(&path)?;
         // The writer connects first so the file exists and is in WAL mode before readers come.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -156,6 +143,22 @@ impl SqliteStore {
         let body: Option<String> = qb.build_query_scalar().fetch_optional(&self.reader).await?;
         body.as_deref().map(parse_feature).transpose()
     }
+}
+
+/// Creates the database file before SQLite does, so it is private from the first byte:
+/// SQLite would create it 0644 (minus the umask), and gives -wal and -shm the mode of the
+/// database file. Files left by an older start are tightened.
+fn prepare_private_file(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        private_fs::create_private_dir_if_missing(parent)?;
+    }
+    private_fs::ensure_private_file(path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        private_fs::tighten(Path::new(&side), PRIVATE_FILE_MODE)?;
+    }
+    Ok(())
 }
 
 async fn max_position(pool: &SqlitePool) -> Result<i64, StoreError> {
@@ -411,6 +414,11 @@ impl EventStore for SqliteStore {
             .map(|id| parse_uuid(id, "feature id").map(FeatureId))
             .collect()
     }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -463,27 +471,9 @@ impl RepositoryStore for SqliteStore {
         row.as_ref().map(repository_row).transpose()
     }
 
-    async fn list_repositories(
-        &self,
-        query: Option<&str>,
-        limit: u32,
-        offset: u32,
-    ) -> Result<Vec<Repository>, StoreError> {
+    async fn list_repositories(&self, q: &RepositoryQuery) -> Result<Vec<Repository>, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(REPOSITORY_COLUMNS);
-        qb.push(" WHERE state <> 'DELETED'");
-        if let Some(text) = common::lower_query(query) {
-            qb.push(" AND instr(search_text, ")
-                .push_bind(text)
-                .push(") > 0");
-        }
-        qb.push(" ORDER BY name, id LIMIT ")
-            .push_bind(clamp_limit(
-                limit,
-                common::REPO_DEFAULT_LIMIT,
-                common::REPO_MAX_LIMIT,
-            ))
-            .push(" OFFSET ")
-            .push_bind(i64::from(offset));
+        common::push_repository_filters(&mut qb, q, "instr", "name");
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(repository_row).collect()
     }
@@ -601,5 +591,19 @@ impl RepositoryStore for SqliteStore {
         };
         let secret = self.cipher.open(&common::credential_context(id), &sealed)?;
         Ok(Some((row.try_get("credential_type")?, secret)))
+    }
+
+    async fn clear_credential(&self, id: RepositoryId) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE repositories SET credential_type = NULL WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM repository_credentials WHERE repository_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
     }
 }

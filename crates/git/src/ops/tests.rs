@@ -765,3 +765,22 @@ async fn dot_git_must_be_a_real_directory() {
         assert!(matches!(err, GitError::InvalidInput(_)), "{err:?}");
     }
 }
+
+/// Checked where the askpass environment is built, so no operation can hand a password to
+/// git for a plain-http remote off this machine (nothing is spawned: no traffic either).
+#[test]
+fn no_askpass_credential_for_plain_http_off_this_machine() {
+    let e = env();
+    for url in ["http://git.example/app.git", "http://10.1.2.3:8080/app.git"] {
+        let err = e.git.prepare(url, &basic()).err().expect("refused");
+        assert!(matches!(err, GitError::InvalidInput(_)), "{err:?}");
+        assert!(!err.to_string().contains(PASS), "{err}");
+    }
+    let local = e.git.prepare("http://127.0.0.1:9/app.git", &basic());
+    assert!(local.is_ok_and(|p| p.env.iter().any(|(k, _)| *k == ASKPASS_PASS_VAR)));
+    assert!(
+        e.git
+            .prepare("https://git.example/app.git", &basic())
+            .is_ok()
+    );
+}
