@@ -29,6 +29,17 @@ use tokio::sync::watch;
 
 pub const PRODUCER: &str = concat!("builder-worker/", env!("CARGO_PKG_VERSION"));
 
+/// Why a feature's stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    /// The store is out of reach for now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The stream is there but unreadable or does not fold.
+    #[error("{0}")]
+    Broken(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// GIT_WORKSPACE_BASE_PATH: one working copy per feature below it.
@@ -193,7 +204,13 @@ impl Worker {
                     tracing::warn!(feature = %id, "work for a feature that does not exist");
                     break;
                 }
-                Err(e) => {
+                // An outage is not this feature's fault: serve re-publishes every unfinished
+                // feature once the store answers again.
+                Err(LoadError::Unavailable(e)) => {
+                    tracing::warn!(feature = %id, error = %e, "the store is unreachable; the feature resumes when it answers");
+                    break;
+                }
+                Err(LoadError::Broken(e)) => {
                     tracing::error!(feature = %id, error = %e, "cannot load feature");
                     break;
                 }
@@ -290,7 +307,7 @@ impl Worker {
             let feature = match self.load(id).await {
                 Ok(Some((feature, _))) => feature,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(StepError::Infrastructure(e)),
+                Err(e) => return Err(StepError::Infrastructure(e.to_string())),
             };
             if feature.state.is_terminal() {
                 return Ok(());
@@ -313,17 +330,22 @@ impl Worker {
         Err(StepError::Conflict)
     }
 
-    async fn load(&self, id: FeatureId) -> Result<Option<(Feature, Vec<EventEnvelope>)>, String> {
-        let events = self
-            .store
-            .read_stream(id, 0)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn load(
+        &self,
+        id: FeatureId,
+    ) -> Result<Option<(Feature, Vec<EventEnvelope>)>, LoadError> {
+        let events = self.store.read_stream(id, 0).await.map_err(|e| {
+            if e.is_unavailable() {
+                LoadError::Unavailable(e.to_string())
+            } else {
+                LoadError::Broken(e.to_string())
+            }
+        })?;
         if events.is_empty() {
             return Ok(None);
         }
-        let feature =
-            Feature::from_events(&events).map_err(|e| format!("the stream does not fold: {e}"))?;
+        let feature = Feature::from_events(&events)
+            .map_err(|e| LoadError::Broken(format!("the stream does not fold: {e}")))?;
         Ok(Some((feature, events)))
     }
 

@@ -393,7 +393,11 @@ mod tests {
     #[test]
     fn copying_a_redacted_value_back_is_refused_but_keeping_a_real_marker_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("settings.py"), "DB_PASSWORD = \"hunter2\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("settings.py"),
+            "DB_PASSWORD = \"hunter2\"\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("marker.rs"),
             format!("const M: &str = \"{REDACTED}\";\n"),
@@ -410,7 +414,9 @@ mod tests {
         };
         // The file already holds the marker text as code of its own (builder's own sources).
         let own = Edit {
-            content: Some(format!("const M: &str = \"{REDACTED}\";\nconst N: u8 = 1;\n")),
+            content: Some(format!(
+                "const M: &str = \"{REDACTED}\";\nconst N: u8 = 1;\n"
+            )),
             ..edit("marker.rs", EditAction::ReplaceFile)
         };
         let untouched = Edit {
