@@ -201,6 +201,18 @@ pub fn detect(
             Origin::Registration => {
                 format!("{what}: {shown} (from the repository's registration)")
             }
+            // Build and tests run offline against the dependency cache only the
+            // dependency phase fills: say what switching it off costs.
+            Origin::RepositoryFile if command.is_none() && what == "deps" => format!(
+                "deps: none (switched off in {REPO_CONFIG_FILE}){}",
+                match chosen.map(|c| c.language) {
+                    Some("rust") => "; builds run offline with an empty cargo cache, so only crates that are vendored or in the repository resolve",
+                    Some("go") => "; builds run offline with an empty module cache, so only vendored modules resolve",
+                    Some("javascript") => "; node_modules must already be in the repository",
+                    Some("python") => "; the sandbox has no network, so only what the image or the repository provides imports",
+                    _ => "",
+                }
+            ),
             Origin::RepositoryFile if command.is_none() => {
                 format!("{what}: none (switched off in {REPO_CONFIG_FILE})")
             }

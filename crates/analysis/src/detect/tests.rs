@@ -420,7 +420,8 @@ fn dependency_command_can_be_declared_or_switched_off() {
     assert_eq!(off.deps_command, None);
     assert_eq!(
         reason(&off, "deps"),
-        "deps: none (switched off in .builder.toml)"
+        "deps: none (switched off in .builder.toml); builds run offline with an empty cargo \
+         cache, so only crates that are vendored or in the repository resolve"
     );
 
     let d = repo(&[
