@@ -420,6 +420,16 @@ impl RepositoryService for RepositoryApi {
             .update_repository(&repo)
             .await
             .map_err(store_error)?;
+        // And after: an UpdateCredentials that slipped in between gave its credential for
+        // the origin this call is moving away from.
+        if origin_changed {
+            self.backend
+                .store()
+                .clear_credential(repo.id)
+                .await
+                .map_err(store_error)?;
+            repo.credential_type = None;
+        }
         Response::ok(UpdateResponse {
             repository: convert::repository(&repo).into(),
             ..Default::default()
