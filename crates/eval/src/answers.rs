@@ -42,26 +42,77 @@ pub enum AnswerMode {
 }
 
 /// `changes` with the task's test files (what its check copies in, `test.sh` aside) as the
-/// final content of those paths.
+/// final content of the paths the check copies them to: `cp "/tests/json.rs" "tests/json.rs"`
+/// puts the file stored as `json.rs` at `tests/json.rs`. A check that copies nothing by name
+/// (a loop, `cp -r`) is taken to use the stored paths as they are; a file it never copies and
+/// the repository does not track is left out, as the check leaves it out.
 pub fn with_task_tests(
     mut changes: Vec<FileChange>,
     verification_files: &std::collections::BTreeMap<String, String>,
     tracked: &[String],
 ) -> Vec<FileChange> {
-    for (path, content) in verification_files {
-        if path == "test.sh" {
+    let script = verification_files
+        .get("test.sh")
+        .map(String::as_str)
+        .unwrap_or("");
+    let copies = copy_destinations(script);
+    for (key, content) in verification_files {
+        if key == "test.sh" {
             continue;
         }
-        match changes.iter_mut().find(|c| &c.path == path) {
-            Some(c) => c.after = Some(content.clone()),
-            None => changes.push(FileChange {
-                path: path.clone(),
-                existed: tracked.contains(path),
-                after: Some(content.clone()),
-            }),
+        let destinations = match copies.get(key) {
+            Some(d) => d.clone(),
+            None if copies.is_empty() || tracked.contains(key) => vec![key.clone()],
+            None => continue,
+        };
+        for path in destinations {
+            match changes.iter_mut().find(|c| c.path == path) {
+                Some(c) => c.after = Some(content.clone()),
+                None => changes.push(FileChange {
+                    existed: tracked.contains(&path),
+                    path,
+                    after: Some(content.clone()),
+                }),
+            }
         }
     }
     changes
+}
+
+/// `cp [-f] /tests/KEY DEST` lines of a check script: KEY → the repository paths it lands
+/// at (relative to `/app/src`, where the checks run).
+fn copy_destinations(script: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in script.lines() {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+            .filter(|w| !w.starts_with('-'))
+            .collect();
+        let [cmd, from, to] = words.as_slice() else {
+            continue;
+        };
+        let Some(key) = from.strip_prefix("/tests/") else {
+            continue;
+        };
+        if *cmd != "cp" || key.is_empty() || key.contains('*') {
+            continue;
+        }
+        let to = to.strip_prefix("/app/src/").unwrap_or(to);
+        if to.starts_with('/') || to.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let base = key.rsplit('/').next().unwrap_or(key);
+        let dest = if to == "." || to.is_empty() {
+            base.to_string()
+        } else if let Some(dir) = to.strip_suffix('/') {
+            format!("{dir}/{base}")
+        } else {
+            to.trim_start_matches("./").to_string()
+        };
+        out.entry(key.to_string()).or_default().push(dest);
+    }
+    out
 }
 
 /// The line `broken` appends: a syntax error in any Rust file that is compiled.
@@ -444,6 +495,32 @@ mod tests {
             find("src/lib.rs").and_then(|c| c.after.as_deref()),
             Some("// final\n")
         );
+    }
+
+    #[test]
+    fn gold_puts_test_files_where_the_check_copies_them() {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert(
+            "test.sh".to_string(),
+            "cd /app/src\nmkdir -p tests\ncp \"/tests/json.rs\" \"tests/json.rs\"\n\
+             cp -f /tests/src/multi/tests.rs src/multi/\ncp /tests/a.rs /app/src/b/a.rs\n\
+             cargo test\n"
+                .to_string(),
+        );
+        files.insert("json.rs".to_string(), "// json\n".to_string());
+        files.insert("src/multi/tests.rs".to_string(), "// multi\n".to_string());
+        files.insert("a.rs".to_string(), "// a\n".to_string());
+        files.insert("unused.rs".to_string(), "// never copied\n".to_string());
+        let tracked = ["tests/json.rs".to_string()];
+        let changes = with_task_tests(fix(), &files, &tracked);
+        let find = |p: &str| changes.iter().find(|c| c.path == p);
+        let json = find("tests/json.rs").expect("json.rs lands in tests/");
+        assert!(json.existed);
+        assert_eq!(json.after.as_deref(), Some("// json\n"));
+        assert!(find("json.rs").is_none());
+        assert!(find("src/multi/tests.rs").is_some());
+        assert!(find("b/a.rs").is_some());
+        assert!(find("unused.rs").is_none(), "the check never copies it");
     }
 
     #[test]
