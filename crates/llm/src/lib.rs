@@ -28,6 +28,8 @@ mod edits_fuzz_tests;
 #[cfg(test)]
 mod edits_tests;
 #[cfg(test)]
+mod sidecar_meter_tests;
+#[cfg(test)]
 mod sidecar_tests;
 #[cfg(test)]
 mod stream_tests;

@@ -5,6 +5,7 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+use builder_testkit::{GitHttpServer, make_bare_repo};
 use llm_script_server::{Entry, Running};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -233,4 +234,91 @@ pub fn happy_path() -> Vec<Entry> {
         Entry::text(RIGHT_EDIT).when_contains("Task: GenerateEdits"),
         Entry::text(APPROVE).when_contains("Task: ValidateChange"),
     ]
+}
+
+pub const GIT_USER: &str = "alice";
+pub const GIT_PASSWORD: &str = "pw-e2e-Zq81xKcV";
+
+pub const WRONG_EDIT: &str = r#"{"summary": "add greet", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "def add(a, b):", "replace": "def greet(name):\n    return 'Hi ' + name\n\n\ndef add(a, b):"}, {"path": "tests/test_greet.py", "action": "CREATE", "content": "from calc import greet\n\n\ndef test_greet():\n    assert greet('Bob') == 'Hello, Bob!'\n"}]}"#;
+pub const FIX_EDIT: &str = r#"{"summary": "fix the greeting", "edits": [{"path": "calc.py", "action": "SEARCH_REPLACE", "search": "    return 'Hi ' + name", "replace": "    return f'Hello, {name}!'"}]}"#;
+
+pub fn register(server: &Server, git: &GitHttpServer, password: &str) -> String {
+    let (code, body) = call(
+        server,
+        "builder.repository.v1.RepositoryService/Register",
+        json!({
+            "name": format!("app-{}", free_port()),
+            "url": git.url("app.git"),
+            "credential": {"type": "BASIC", "username": GIT_USER, "password": password},
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["repository"]["defaultBranch"], "main",
+        "default branch detected over smart HTTP"
+    );
+    assert_eq!(body["repository"]["hasCredentials"], true);
+    assert!(!body.to_string().contains(password));
+    body["repository"]["id"].as_str().unwrap().to_string()
+}
+
+pub fn assert_gapless(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["sequenceNumber"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok()),
+            Some(i as u64 + 1),
+            "gap or reordering at {i}: {e}"
+        );
+    }
+}
+
+/// No secret of the test anywhere it could leak: events, the server's log, its data dir.
+pub fn assert_no_secrets(server: &Server, events: &[Value]) {
+    let all = serde_json::to_string(events).unwrap();
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    for secret in [GIT_PASSWORD, LLM_KEY] {
+        assert!(!all.contains(secret), "secret in events");
+        assert!(!log.contains(secret), "secret in the server log");
+    }
+    let out = Command::new("grep")
+        .args(["-r", "-l", "-a", "-e", GIT_PASSWORD, "-e", LLM_KEY])
+        .arg(server._data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "secret in files: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn repo_fixture() -> (tempfile::TempDir, PathBuf, GitHttpServer) {
+    let root = tempfile::tempdir().unwrap();
+    let bare = make_bare_repo(
+        root.path(),
+        "app",
+        &[("calc.py", CALC), ("tests/test_calc.py", TEST_CALC)],
+    )
+    .unwrap();
+    let git = GitHttpServer::start(root.path(), GIT_USER, GIT_PASSWORD).unwrap();
+    (root, bare, git)
+}
+
+pub fn create(server: &Server, repo_id: &str) -> String {
+    let (code, body) = call(
+        server,
+        "builder.feature.v1.FeatureService/Create",
+        json!({"spec": {
+            "title": "Add a greeting",
+            "description": "Add greet(name) to calc.py returning 'Hello, <name>!' with a test.",
+            "repositoryId": repo_id,
+            "acceptanceCriteria": ["greet('Bob') returns 'Hello, Bob!'"],
+            "pathHints": ["calc.py"],
+        }}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["execution"]["state"], "PENDING");
+    body["execution"]["id"].as_str().unwrap().to_string()
 }
