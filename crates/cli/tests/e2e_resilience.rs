@@ -401,7 +401,7 @@ async fn a_database_outage_is_answered_fast_and_ready_tells_the_truth() {
         assert_eq!(code, 503, "{what}: {body}");
         assert_eq!(body["code"], "unavailable", "{what}: {body}");
         assert!(
-            took < Duration::from_secs(10),
+            took < Duration::from_secs(20),
             "{what} took {took:?} to say the store is unavailable"
         );
     }
@@ -417,7 +417,7 @@ async fn a_database_outage_is_answered_fast_and_ready_tells_the_truth() {
     for _ in 0..5 {
         let (code, body, took) = server.call(GET, json!({ "id": first })).await;
         assert_eq!(body["code"], "unavailable", "{code} {body}");
-        if took < Duration::from_secs(1) {
+        if took < Duration::from_secs(2) {
             fast = Some(body);
             break;
         }
