@@ -7,15 +7,13 @@
 
 mod common;
 
-use builder_testkit::SilentServer;
+use builder_testkit::{CutProxy, SilentServer};
 use common::{BIN, free_port};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
 
 const GET: &str = "builder.feature.v1.FeatureService/Get";
 const CREATE: &str = "builder.feature.v1.FeatureService/Create";
@@ -294,80 +292,6 @@ fn psql(sql: &str) {
     );
 }
 
-/// A loopback TCP proxy in front of PostgreSQL. Cutting it closes the listener and drops
-/// every live connection — what clients see when the server goes down —; restoring it
-/// listens on the same port again.
-struct Proxy {
-    addr: SocketAddr,
-    target: SocketAddr,
-    /// Bumped on every cut; connections opened before it are dropped.
-    generation: watch::Sender<u64>,
-    accept: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(target: SocketAddr) -> Proxy {
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let mut proxy = Proxy {
-            addr: listener.local_addr().expect("proxy address"),
-            target,
-            generation: watch::Sender::new(0),
-            accept: None,
-        };
-        proxy.accept = Some(tokio::spawn(accept_loop(
-            listener,
-            target,
-            proxy.generation.clone(),
-        )));
-        proxy
-    }
-
-    fn cut(&mut self) {
-        if let Some(accept) = self.accept.take() {
-            accept.abort();
-        }
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&mut self) {
-        self.accept = Some(tokio::spawn(accept_loop(
-            bind(self.addr),
-            self.target,
-            self.generation.clone(),
-        )));
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
-fn bind(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().expect("socket");
-    // The port is bound again right after the cut, while closed connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket.bind(addr).expect("bind the proxy port");
-    socket.listen(64).expect("listen")
-}
-
-async fn accept_loop(listener: TcpListener, target: SocketAddr, generation: watch::Sender<u64>) {
-    while let Ok((mut client, _)) = listener.accept().await {
-        let mut cut = generation.subscribe();
-        cut.borrow_and_update();
-        tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(target).await else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = cut.changed() => {}
-            }
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
@@ -378,10 +302,10 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, generation: watc
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_outage_is_answered_fast_and_ready_tells_the_truth() {
     let db = Database::create();
-    let mut proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], 5432)));
+    let mut proxy = CutProxy::start(SocketAddr::from(([127, 0, 0, 1], 5432))).expect("proxy");
     let server = Builder::start(
         &[
-            ("DATABASE_URL", db.url_at(proxy.addr)),
+            ("DATABASE_URL", db.url_at(proxy.addr())),
             ("DO_DATABASE_MIGRATE", "true".into()),
         ],
         None,
@@ -430,7 +354,7 @@ async fn a_database_outage_is_answered_fast_and_ready_tells_the_truth() {
         "{fast}"
     );
 
-    proxy.restore();
+    proxy.restore().expect("proxy listens again");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, body) = server.probe("/ready").await;

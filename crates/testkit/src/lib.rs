@@ -8,6 +8,7 @@
 //! It is a dev-dependency only: no production crate may depend on it, and it must not depend
 //! on any builder crate, so that every crate's tests can use it without cycles.
 
+mod cut_proxy;
 mod fake_forge;
 mod http_server;
 mod repo;
@@ -16,6 +17,7 @@ mod silent;
 mod ssh_server;
 mod tls;
 
+pub use cut_proxy::CutProxy;
 pub use fake_forge::{
     FakeForge, FakeForgeKind, FakeForgeState, FakeLimit, FakePr, ForgeRequest, azure_basic,
 };

@@ -3,95 +3,15 @@
 
 use super::*;
 use crate::{CircuitSettings, StoreSettings, open_with};
+use builder_testkit::CutProxy;
 use std::net::SocketAddr;
 use std::time::{Duration as StdDuration, Instant};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-
-/// A loopback TCP proxy in front of PostgreSQL that can be cut (listener closed, live
-/// connections dropped: what clients see when the server goes down) and restored on the
-/// same port.
-struct Proxy {
-    addr: SocketAddr,
-    target: SocketAddr,
-    /// Bumped on every cut; connections of an older generation are dropped.
-    generation: watch::Sender<u64>,
-    accept: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let addr = listener.local_addr().expect("proxy address");
-        let mut proxy = Proxy {
-            addr,
-            target,
-            generation: watch::Sender::new(0),
-            accept: None,
-        };
-        proxy.accept = Some(tokio::spawn(accept_loop(
-            listener,
-            target,
-            proxy.generation.clone(),
-        )));
-        proxy
-    }
-
-    fn cut(&mut self) {
-        if let Some(accept) = self.accept.take() {
-            accept.abort();
-        }
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&mut self) {
-        let listener = bind(self.addr);
-        self.accept = Some(tokio::spawn(accept_loop(
-            listener,
-            self.target,
-            self.generation.clone(),
-        )));
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
-fn bind(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().expect("socket");
-    // The port is rebound right after the cut, while closed connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket.bind(addr).expect("bind the proxy port");
-    socket.listen(64).expect("listen")
-}
-
-async fn accept_loop(listener: TcpListener, target: SocketAddr, generation: watch::Sender<u64>) {
-    loop {
-        let Ok((mut client, _)) = listener.accept().await else {
-            return;
-        };
-        let mut cut = generation.subscribe();
-        cut.borrow_and_update();
-        tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(target).await else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                _ = cut.changed() => {}
-            }
-        });
-    }
-}
 
 /// The fixture's URL with its host and port replaced by the proxy's.
-fn through(url: &str, proxy: &Proxy) -> String {
-    let target = proxy.target.to_string();
+fn through(url: &str, proxy: &CutProxy) -> String {
+    let target = proxy.target().to_string();
     assert!(url.contains(&target), "{url} does not name {target}");
-    url.replacen(&target, &proxy.addr.to_string(), 1)
+    url.replacen(&target, &proxy.addr().to_string(), 1)
 }
 
 fn pg_address(url: &str) -> SocketAddr {
@@ -115,7 +35,7 @@ async fn postgres_outage_is_answered_fast_and_recovers() {
     let url = fixture.url.clone().expect("a PostgreSQL URL");
     // Migrated directly, so the proxied store below only serves requests.
     drop(fixture.open().await);
-    let mut proxy = Proxy::start(pg_address(&url)).await;
+    let mut proxy = CutProxy::start(pg_address(&url)).expect("proxy");
     let settings = StoreSettings {
         acquire_timeout: StdDuration::from_secs(1),
         circuit: CircuitSettings {
@@ -164,7 +84,7 @@ async fn postgres_outage_is_answered_fast_and_recovers() {
     assert!(err.to_string().contains("unreachable"), "{err}");
     assert!(store.ping().await.is_err());
 
-    proxy.restore();
+    proxy.restore().expect("proxy listens again");
     let deadline = Instant::now() + StdDuration::from_secs(15);
     while let Err(e) = store.ping().await {
         assert!(Instant::now() < deadline, "never recovered: {e}");
