@@ -404,16 +404,12 @@ fn judge(
     {
         return Err(format!("grpc-status {code}"));
     }
+    // A stream's verdict is in its last frame; anything else carries Connect's error JSON.
     let code = match protocol {
-        Protocol::ConnectUnary if status != 200 => serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v["code"].as_str().map(str::to_owned)),
         Protocol::ConnectStream | Protocol::GrpcWeb if status == 200 => {
             end_of_stream_code(protocol, body)
         }
-        _ => serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v["code"].as_str().map(str::to_owned)),
+        _ => connect_code,
     };
     match code {
         Some(c) if SERVER_FAULTS.contains(&c.as_str()) && !compressed_without_encoding(body) => {
